@@ -1,0 +1,39 @@
+"""Shared fixtures: configs composed the way the CLI composes them, a clean Pyro state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyro
+import pytest
+from hydra import compose, initialize_config_dir
+
+from vae_pyro.data import load_data
+from vae_pyro.train import CONF_DIR
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _clean_pyro():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture
+def make_cfg():
+    """make_cfg("+experiment=z50", "trainer.epochs=1") -> the DictConfig the CLI would build."""
+
+    def _make(*overrides: str):
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            return compose(config_name="train", overrides=list(overrides))
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """The committed MNIST, on the CPU, loaded once per test session."""
+    return load_data("mnist")

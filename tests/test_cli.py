@@ -1,0 +1,80 @@
+"""The README's commands, run exactly as a user would: a subprocess per command."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vae_pyro.train import CONF_DIR
+
+README = (CONF_DIR.parent / "README.md").read_text()
+
+
+def _run(args, cwd):
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def _readme_train_command():
+    match = re.search(r"^pip install -e \. && python (-m vae_pyro\.train .+)$", README, re.M)
+    assert match, "README lost its install+train command"
+    return match.group(1).split()
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    args = _readme_train_command() + [
+        "trainer.epochs=1",
+        "data.subset=512",
+        f"hydra.run.dir={run_dir}",
+    ]
+    # From a foreign working directory: data and config must not depend on it.
+    proc = _run(args, cwd=tmp_path_factory.mktemp("elsewhere"))
+    return proc, run_dir
+
+
+@pytest.mark.slow
+def test_readme_train_command(cli_run):
+    proc, run_dir = cli_run
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch 1/1" in proc.stdout and "final test loss" in proc.stdout
+    (record,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert record["epoch"] == 1 and record["test_loss"] < 543
+    for path in ("checkpoint.pt", "figures/loss.png", "figures/reconstructions.png", "train.log"):
+        assert (run_dir / path).is_file(), path
+
+
+BAD = [
+    ("model.z_dim=0", "model.z_dim must be a positive integer"),
+    ("model.hidden_dim=-3", "model.hidden_dim must be a positive integer"),
+    ("data.batch_size=0", "data.batch_size must be a positive integer"),
+    ("trainer.epochs=0", "trainer.epochs must be a positive integer"),
+    ("optim.lr=0", "optim.lr must be a positive number"),
+    ("optim.lr=-0.001", "optim.lr must be a positive number"),
+    ("trainer.device=tpu", "unknown trainer.device='tpu'"),
+    ("data.subset=60001", "data.subset=60001 is larger than the 60000 training images"),
+]
+if not torch.cuda.is_available():
+    BAD.append(("trainer.device=cuda", "CUDA is not available"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("override", "message"), BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_one_clear_error(cli_run, override, message):
+    """Fails before training, exits non-zero, and leaves an earlier run in the same dir intact."""
+    _, run_dir = cli_run
+    before = {p: (run_dir / p).read_bytes() for p in ("checkpoint.pt", "metrics.jsonl")}
+    proc = _run(
+        ["-m", "vae_pyro.train", "+experiment=z50", override, f"hydra.run.dir={run_dir}"],
+        cwd=run_dir.parent,
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr  # one line
+    assert before == {p: (run_dir / p).read_bytes() for p in before}

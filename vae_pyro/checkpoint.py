@@ -1,0 +1,65 @@
+"""Atomic checkpoint save/load: modules, optimizer, epoch, RNG state, metrics, resolved config."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vae_pyro.errors import VaePyroError
+
+FORMAT = "vae-pyro-checkpoint/1"
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over the target.
+
+    A crash at any point leaves either the previous checkpoint or the new one, never half of one.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by `save`, or raise VaePyroError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise VaePyroError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for truncated/corrupt files
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise VaePyroError(
+            f"cannot read checkpoint {path}: the file is truncated, corrupt or not a "
+            f"checkpoint ({reason})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise VaePyroError(f"{path} is not a vae-pyro checkpoint (expected format {FORMAT})")
+    return payload
