@@ -7,7 +7,7 @@ import pytest
 import torch
 from pyro.optim import Adam
 
-from vae_pyro import VAE, checkpoint
+from vae_pyro import checkpoint
 from vae_pyro.errors import VaePyroError
 from vae_pyro.evaluate import negative_elbo
 from vae_pyro.train import train
@@ -69,9 +69,7 @@ def test_checkpoint_round_trip(short_run, mnist):
     assert ckpt["epoch"] == 2
     assert ckpt["config"]["model"]["z_dim"] == 50 and ckpt["config"]["data"]["subset"] == 2000
     assert ckpt["metrics"] == _metrics(run_dir)
-    vae = VAE(tuple(ckpt["image_shape"]), cfg.model.z_dim, cfg.model.hidden_dim)
-    vae.encoder.load_state_dict(ckpt["encoder"])
-    vae.decoder.load_state_dict(ckpt["decoder"])
+    vae, _ = checkpoint.load_vae(run_dir / "checkpoint.pt")
     # The reloaded networks give the recorded test loss (up to single-sample noise, ~0.1 nat
     # on 10,000 images), far from an untrained network's ~583.
     assert abs(negative_elbo(vae, mnist.test.x) - final) < 1.0
@@ -112,6 +110,15 @@ def test_unreadable_checkpoint_is_one_clear_error(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(VaePyroError, match=f"cannot read checkpoint {path}"):
         checkpoint.load(path)
+
+
+def test_checkpoint_for_other_networks_is_one_clear_error(short_run, tmp_path):
+    _, run_dir, _ = short_run
+    ckpt = checkpoint.load(run_dir / "checkpoint.pt")
+    ckpt["config"]["model"]["hidden_dim"] = 200  # weights are 400 wide
+    checkpoint.save(tmp_path / "checkpoint.pt", ckpt)
+    with pytest.raises(VaePyroError, match="does not match the networks its config describes"):
+        checkpoint.load_vae(tmp_path / "checkpoint.pt")
 
 
 def test_truncated_checkpoint_is_one_clear_error(short_run, tmp_path):

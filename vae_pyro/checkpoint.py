@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from vae_pyro.errors import VaePyroError
+from vae_pyro.model import VAE, build_vae
 
 FORMAT = "vae-pyro-checkpoint/1"
 
@@ -63,3 +64,24 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise VaePyroError(f"{path} is not a vae-pyro checkpoint (expected format {FORMAT})")
     return payload
+
+
+def load_vae(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[VAE, dict[str, Any]]:
+    """Rebuild the trained VAE from a checkpoint alone (its saved config sizes the networks).
+
+    Returns the VAE on `device` in eval mode and the checkpoint dict (config, metrics, ...).
+    A checkpoint whose weights do not fit the networks its config describes is one clear error.
+    """
+    ckpt = load(path, map_location=device)
+    try:
+        vae = build_vae(tuple(ckpt["image_shape"]), ckpt["config"]["model"])
+        vae.encoder.load_state_dict(ckpt["encoder"])
+        vae.decoder.load_state_dict(ckpt["decoder"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise VaePyroError(
+            f"checkpoint {path} does not match the networks its config describes: {first}"
+        ) from None
+    return vae.to(device).eval(), ckpt

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -61,3 +64,8 @@ class VAE(nn.Module):
         device = next(self.parameters()).device
         z = torch.randn(n, self.z_dim, device=device)
         return self.decoder(z).reshape(n, *self.image_shape)
+
+
+def build_vae(image_shape: tuple[int, ...], model_cfg: Mapping[str, Any]) -> VAE:
+    """The one place a config's `model` section becomes a VAE (training and every loader)."""
+    return VAE(tuple(image_shape), z_dim=model_cfg["z_dim"], hidden_dim=model_cfg["hidden_dim"])

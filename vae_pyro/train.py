@@ -25,7 +25,7 @@ from vae_pyro import checkpoint, plots
 from vae_pyro.data import load_data, minibatches
 from vae_pyro.errors import VaePyroError
 from vae_pyro.evaluate import negative_elbo
-from vae_pyro.model import VAE
+from vae_pyro.model import build_vae
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
         raise VaePyroError(
             f"{run_dir} already holds a trained run (checkpoint.pt); choose another hydra.run.dir"
         )
-    vae = VAE(data.image_shape, cfg.model.z_dim, cfg.model.hidden_dim).to(device)
+    vae = build_vae(data.image_shape, cfg.model).to(device)
     optimizer = instantiate(cfg.optim.optimizer)
     svi = SVI(vae.model, vae.guide, optimizer, loss=instantiate(cfg.elbo))
 
