@@ -33,9 +33,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write to a temp file in the same directory, fsync, then rename over the target.
 
-    A crash at any point leaves either the previous checkpoint or the new one, never half of one.
+    A crash at any point leaves either the previous checkpoint or the new one, never half of one,
+    and NaN/inf weights are never written.
     """
     path = Path(path)
+    for name in ("encoder", "decoder"):
+        bad = [k for k, v in payload.get(name, {}).items() if not torch.isfinite(v).all()]
+        if bad:
+            raise VaePyroError(f"refusing to write non-finite {name} weights {bad} to {path}")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -77,11 +82,20 @@ def load_vae(
     ckpt = load(path, map_location=device)
     try:
         vae = build_vae(tuple(ckpt["image_shape"]), ckpt["config"]["model"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise VaePyroError(f"checkpoint {path} has no usable model config ({err!r})") from None
+    restore_networks(vae, ckpt, path)
+    return vae.to(device).eval(), ckpt
+
+
+def restore_networks(vae: VAE, ckpt: dict[str, Any], path: str | os.PathLike) -> None:
+    """Load the encoder/decoder weights into `vae`, or one clear error if they do not fit."""
+    try:
         vae.encoder.load_state_dict(ckpt["encoder"])
         vae.decoder.load_state_dict(ckpt["decoder"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise VaePyroError(
-            f"checkpoint {path} does not match the networks its config describes: {first}"
+            f"checkpoint {path} does not match the networks (z_dim, hidden_dim or image shape "
+            f"differ): {first}"
         ) from None
-    return vae.to(device).eval(), ckpt

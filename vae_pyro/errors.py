@@ -1,5 +1,13 @@
-"""The one exception type users see: a message that says what is wrong and how to fix it."""
+"""Exceptions users see as one line, never as a traceback."""
 
 
 class VaePyroError(Exception):
-    """Bad config, missing data or an unreadable checkpoint; printed as one line, no traceback."""
+    """Bad config, missing data or an unreadable checkpoint: says what is wrong and the fix."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM/SIGINT arrived: a checkpoint was written; the message says how to resume."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention for death by signal

@@ -1,15 +1,21 @@
 """Hydra entry point: `python -m vae_pyro.train [+experiment=z50] [overrides]`.
 
-train(cfg) does the work and returns the final test loss (what sweepers minimize).
+train(cfg) does the work and returns the final test loss (what sweepers minimize). A run can
+be interrupted at any point (SIGKILL, SIGTERM, Ctrl-C) and resumed with trainer.resume=true to
+exactly the metrics of an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import hydra
 import pyro
@@ -22,8 +28,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from vae_pyro import checkpoint, plots
-from vae_pyro.data import load_data, minibatches
-from vae_pyro.errors import VaePyroError
+from vae_pyro.data import load_data
+from vae_pyro.errors import TrainingInterrupted, VaePyroError
 from vae_pyro.evaluate import negative_elbo
 from vae_pyro.model import build_vae
 
@@ -68,6 +74,7 @@ def validate(cfg: DictConfig) -> torch.device:
         "trainer.epochs",
         "trainer.eval_every",
         "trainer.eval_batch_size",
+        "trainer.checkpoint_every",
     ):
         _positive_int(OmegaConf.select(cfg, key), key)
     subset = cfg.data.subset
@@ -78,12 +85,87 @@ def validate(cfg: DictConfig) -> torch.device:
         raise VaePyroError(f"optim.lr must be a positive number, got {lr!r}")
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise VaePyroError(f"seed must be an integer, got {cfg.seed!r}")
+    if not isinstance(cfg.trainer.resume, bool):
+        raise VaePyroError(f"trainer.resume must be true or false, got {cfg.trainer.resume!r}")
+    if cfg.trainer.resume_from is not None and not isinstance(cfg.trainer.resume_from, str):
+        raise VaePyroError(f"trainer.resume_from must be a path, got {cfg.trainer.resume_from!r}")
     return resolve_device(cfg.trainer.device)
 
 
-def _write_jsonl(path: Path, record: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+class _StopFlag:
+    """While active, SIGTERM/SIGINT only raise a flag; the loop checks it after each step."""
+
+    def __enter__(self) -> _StopFlag:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():  # signal() demands it
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._raise_flag)
+        return self
+
+    def _raise_flag(self, signum: int, frame: object) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _resume_source(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint to continue from, or None for a new run; never overwrite another run."""
+    own = run_dir / "checkpoint.pt"
+    if cfg.trainer.resume_from is not None:
+        source = Path(cfg.trainer.resume_from).expanduser()
+        source = source / "checkpoint.pt" if source.is_dir() else source
+        if not source.is_file():
+            raise VaePyroError(f"trainer.resume_from: no checkpoint at {source}")
+        if own.exists() and own.resolve() != source.resolve():
+            raise VaePyroError(f"{run_dir} already holds another run; choose a new hydra.run.dir")
+        return source
+    if own.exists():
+        if cfg.trainer.resume:
+            return own
+        raise VaePyroError(
+            f"{run_dir} already holds a run (checkpoint.pt); continue it with trainer.resume=true "
+            "or choose another hydra.run.dir"
+        )
+    if cfg.trainer.resume:
+        log.warning("trainer.resume=true but %s holds no checkpoint: starting a new run", run_dir)
+    return None
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+
+
+def _log_changes(saved: dict, current: dict) -> None:
+    before, after = _flat(saved), _flat(current)
+    changed = [
+        f"{k}: {before.get(k)!r} -> {after.get(k)!r}"
+        for k in sorted(before.keys() | after.keys())
+        if before.get(k) != after.get(k) and not k.startswith("trainer.resume")
+    ]
+    if changed:
+        log.warning("resuming with changed settings: %s", "; ".join(changed))
+
+
+def _resume_hint(run_dir: Path) -> str:
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    kept = [
+        o
+        for o in overrides
+        if not o.split("=")[0].lstrip("+~").startswith(("hydra.", "trainer.resume"))
+    ]
+    return " ".join(
+        ["python -m vae_pyro.train", *kept, f"hydra.run.dir={run_dir}", "trainer.resume=true"]
+    )
+
+
+def _write_jsonl(path: Path, records: list[dict], mode: str = "a") -> None:
+    with path.open(mode) as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
 
 
 def _one_per_class(y: torch.Tensor, n: int = 10) -> torch.Tensor:
@@ -95,74 +177,121 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
     """Train a VAE as configured; write artifacts to run_dir; return the final test loss."""
     device = validate(cfg)
     run_dir = Path(run_dir if run_dir is not None else HydraConfig.get().runtime.output_dir)
+    run_dir = run_dir.resolve()
+    ckpt_path = run_dir / "checkpoint.pt"
+
     pyro.clear_param_store()  # sweep jobs share one process: start each from nothing
     pyro.set_rng_seed(cfg.seed)
     data = load_data(cfg.data.name, cfg.data.root, cfg.data.subset, device)
-    ckpt_path = run_dir / "checkpoint.pt"
-    if ckpt_path.exists():
-        raise VaePyroError(
-            f"{run_dir} already holds a trained run (checkpoint.pt); choose another hydra.run.dir"
-        )
+    source = _resume_source(cfg, run_dir)
     vae = build_vae(data.image_shape, cfg.model).to(device)
     optimizer = instantiate(cfg.optim.optimizer)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+
+    epochs, batch_size = cfg.trainer.epochs, cfg.data.batch_size
+    n_train = len(data.train)
+    steps = -(-n_train // batch_size)
+    history: list[dict] = []
+    done, position = 0, None  # epochs completed; where an interrupted epoch stopped
+    if source is not None:
+        saved = checkpoint.load(source, map_location=device)
+        checkpoint.restore_networks(vae, saved, source)
+        optimizer.set_state(saved["optimizer"])
+        checkpoint.set_rng_state(saved["rng"])
+        history, done, position = list(saved["metrics"]), saved["epoch"], saved.get("position")
+        if position is not None and len(position["perm"]) != n_train:
+            raise VaePyroError(f"{source} stopped inside an epoch over a different data.subset")
+        _log_changes(saved["config"], resolved)
+        log.info("resuming from %s after epoch %d", source, done)
     svi = SVI(vae.model, vae.guide, optimizer, loss=instantiate(cfg.elbo))
+
+    def save(epochs_done: int, position: dict | None = None) -> None:
+        checkpoint.save(
+            ckpt_path,
+            {
+                "epoch": epochs_done,
+                "position": position,
+                "encoder": vae.encoder.state_dict(),
+                "decoder": vae.decoder.state_dict(),
+                "optimizer": optimizer.get_state(),
+                "rng": checkpoint.rng_state(),
+                "metrics": history,
+                "image_shape": list(data.image_shape),
+                "config": resolved,
+            },
+        )
 
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
-    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    _write_jsonl(metrics_path, history, mode="w")  # the checkpoint's history is the truth
+    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=done + 1)
     log.info(
         "training on %s: %d train / %d test images of shape %s; run dir %s",
-        device,
-        len(data.train),
-        len(data.test),
-        data.image_shape,
-        run_dir,
-    )
+        device, n_train, len(data.test), data.image_shape, run_dir,
+    )  # fmt: skip
 
-    n_train, epochs = len(data.train), cfg.trainer.epochs
-    history: list[dict] = []
+    last_saved = done if source is not None else None
     try:
-        for epoch in range(1, epochs + 1):
-            start = time.perf_counter()
-            total = 0.0
-            batches = minibatches(n_train, cfg.data.batch_size, device)
-            steps = -(-n_train // cfg.data.batch_size)
-            for idx in tqdm(
-                batches, total=steps, desc=f"epoch {epoch}/{epochs}", leave=False, disable=None
-            ):
-                total += svi.step(data.train.x[idx])
-            record = {"epoch": epoch, "train_loss": total / n_train, "test_loss": None}
-            if epoch % cfg.trainer.eval_every == 0 or epoch == epochs:
-                record["test_loss"] = negative_elbo(vae, data.test.x, cfg.trainer.eval_batch_size)
-            record["seconds"] = time.perf_counter() - start
-            history.append(record)
-            _write_jsonl(metrics_path, record)
-            for key in ("train_loss", "test_loss"):
-                if record[key] is not None:
-                    writer.add_scalar(key, record[key], epoch)
-            checkpoint.save(
-                ckpt_path,
-                {
-                    "epoch": epoch,
-                    "encoder": vae.encoder.state_dict(),
-                    "decoder": vae.decoder.state_dict(),
-                    "optimizer": optimizer.get_state(),
-                    "rng": checkpoint.rng_state(),
-                    "metrics": history,
-                    "image_shape": list(data.image_shape),
-                    "config": OmegaConf.to_container(cfg, resolve=True),
-                },
-            )
-            test_txt = "-" if record["test_loss"] is None else f"{record['test_loss']:.2f}"
-            log.info(
-                "epoch %d/%d  train %.2f  test %s  (%.1f s)",
-                epoch,
-                epochs,
-                record["train_loss"],
-                test_txt,
-                record["seconds"],
-            )
+        with _StopFlag() as stop:
+            for epoch in range(done + 1, epochs + 1):
+                start = time.perf_counter()
+                if position is not None:  # finish the epoch an interruption cut short
+                    perm, first = position["perm"].to(device), position["step"]
+                    total, before = position["total"], position["seconds"]
+                    position = None
+                else:
+                    perm, first, total, before = torch.randperm(n_train, device=device), 0, 0.0, 0.0
+                bar = tqdm(range(first, steps), initial=first, total=steps, leave=False,
+                           desc=f"epoch {epoch}/{epochs}", disable=None)  # fmt: skip
+                for step in bar:
+                    loss = svi.step(data.train.x[perm[step * batch_size : (step + 1) * batch_size]])
+                    if not math.isfinite(loss):
+                        kept = (
+                            f"the last good checkpoint (epoch {last_saved}) is kept in {ckpt_path}"
+                            if last_saved is not None
+                            else "no checkpoint was written"
+                        )
+                        raise VaePyroError(
+                            f"loss became {loss} at epoch {epoch}, step {step + 1}/{steps}; "
+                            f"training stopped and {kept}. Lower the learning rate "
+                            f"(optim.lr={cfg.optim.lr:g} now; try optim.lr={cfg.optim.lr / 10:g})"
+                        )
+                    total += loss
+                    if stop.signum is not None and step + 1 < steps:
+                        seconds = before + time.perf_counter() - start
+                        save(epoch - 1, {"perm": perm.cpu(), "step": step + 1, "total": total,
+                                         "seconds": seconds})  # fmt: skip
+                        raise TrainingInterrupted(
+                            f"interrupted by {signal.Signals(stop.signum).name} at epoch {epoch}, "
+                            f"step {step + 1}/{steps}; checkpoint written to {ckpt_path}. "
+                            f"Resume with: {_resume_hint(run_dir)}",
+                            stop.signum,
+                        )
+                record = {"epoch": epoch, "train_loss": total / n_train, "test_loss": None}
+                if epoch % cfg.trainer.eval_every == 0 or epoch == epochs:
+                    record["test_loss"] = negative_elbo(
+                        vae, data.test.x, cfg.trainer.eval_batch_size
+                    )
+                record["seconds"] = before + time.perf_counter() - start
+                history.append(record)
+                _write_jsonl(metrics_path, [record])
+                for key in ("train_loss", "test_loss"):
+                    if record[key] is not None:
+                        writer.add_scalar(key, record[key], epoch)
+                if epoch % cfg.trainer.checkpoint_every == 0 or epoch == epochs or stop.signum:
+                    save(epoch)
+                    last_saved = epoch
+                test_txt = "-" if record["test_loss"] is None else f"{record['test_loss']:.2f}"
+                log.info(
+                    "epoch %d/%d  train %.2f  test %s  (%.1f s)",
+                    epoch, epochs, record["train_loss"], test_txt, record["seconds"],
+                )  # fmt: skip
+                if stop.signum is not None and epoch < epochs:
+                    raise TrainingInterrupted(
+                        f"interrupted by {signal.Signals(stop.signum).name} after epoch {epoch}; "
+                        f"checkpoint written to {ckpt_path}. Resume with: {_resume_hint(run_dir)}",
+                        stop.signum,
+                    )
     finally:
         writer.close()
 
@@ -182,6 +311,9 @@ def main(cfg: DictConfig) -> float:
     except VaePyroError as err:
         print(f"vae_pyro.train: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except TrainingInterrupted as stop:
+        print(f"vae_pyro.train: {stop}", file=sys.stderr)
+        raise SystemExit(stop.exit_code) from None
 
 
 if __name__ == "__main__":
