@@ -202,3 +202,42 @@ def test_damaged_checkpoint_is_one_clear_error_for_every_loader(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0] and "error" in lines[0], proc.stderr
     assert path.read_bytes() == before  # the damaged file is left for inspection, not replaced
+
+
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save(path, {"epoch": 1})
+    before = path.read_bytes()
+
+    def full_disk(obj, f):
+        f.write(b"partial bytes")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(VaePyroError, match="No space left on device.*previous checkpoint"):
+        checkpoint.save(path, {"epoch": 2})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.resume=maybe", "trainer.resume must be true or false"),
+        ("model.z_dim=abc", "model.z_dim must be a positive integer"),
+        ("trainer.checkpoint_every=0", "trainer.checkpoint_every must be a positive integer"),
+    ],
+)
+def test_config_types_are_validated_before_any_work(make_cfg, tmp_path, override, message):
+    with pytest.raises(VaePyroError, match=message):
+        train(make_cfg(override), tmp_path)
+    assert not tmp_path.joinpath("metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_unknown_keys_are_rejected_by_hydra(tmp_path):
+    proc = _cli("model.zdim=3", f"hydra.run.dir={tmp_path}")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "Key 'zdim' is not in struct" in err
+    assert not (tmp_path / "metrics.jsonl").exists()

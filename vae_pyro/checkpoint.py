@@ -48,8 +48,13 @@ def save(path: str | os.PathLike, payload: dict[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):  # disk full, quota, permissions: the old file is intact
+            raise VaePyroError(
+                f"could not write checkpoint {path}: {err.strerror or err}; "
+                "the previous checkpoint (if any) is unchanged"
+            ) from None
         raise
 
 
