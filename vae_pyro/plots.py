@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
 import torch
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid
 
@@ -50,4 +52,167 @@ def reconstructions(inputs: torch.Tensor, recons: torch.Tensor, path: Path) -> P
     ax.imshow(grid)
     ax.set_axis_off()
     ax.set_title("inputs (top) / reconstructions (bottom)", fontsize=9)
+    return _save(fig, path)
+
+
+# Image-grid figures for `python -m vae_pyro.sample`. Each is drawn pixel-exact: one image pixel is
+# scale x scale figure pixels, so small digits are never resampled (no blur, no moire) and the PNG
+# size follows from the grid alone. Any channel count and image size (C, H, W) works.
+DPI = 100
+TITLE_PX = 22  # band above the panels for their titles
+GAP_PX = 12  # white space between side-by-side panels
+
+
+def rows_grid(rows: torch.Tensor) -> torch.Tensor:
+    """(n, m, C, H, W) -> an (H', W', 3) grid with n rows of m images."""
+    return image_grid(rows.flatten(0, 1), nrow=rows.shape[1])
+
+
+def _panels(panels: Sequence[tuple[torch.Tensor, str]], path: Path, scale: int = 1) -> Path:
+    """(H', W', 3) grids side by side, titled, each pixel upscaled scale x scale."""
+    grids = [g.repeat_interleave(scale, 0).repeat_interleave(scale, 1) for g, _ in panels]
+    width = sum(g.shape[1] for g in grids) + GAP_PX * (len(grids) - 1)
+    height = max(g.shape[0] for g in grids) + TITLE_PX
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    left = 0
+    for grid, (_, title) in zip(grids, panels, strict=True):
+        h, w = grid.shape[:2]
+        ax = fig.add_axes((left / width, (height - TITLE_PX - h) / height, w / width, h / height))
+        ax.imshow(grid.numpy(), interpolation="nearest", aspect="auto")
+        ax.set_axis_off()
+        x_mid, y_mid = (left + w / 2) / width, 1 - TITLE_PX / 2 / height
+        fig.text(x_mid, y_mid, title, ha="center", va="center", fontsize=9)
+        left += w + GAP_PX
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def posterior_samples(
+    inputs: torch.Tensor, means: torch.Tensor, samples: torch.Tensor, path: Path, scale: int = 1
+) -> Path:
+    """Per row, an input beside decoder means of draws z ~ q(z|x) (left) and a Bernoulli
+    sample of each (right): how much the posterior's uncertainty shows in pixel space.
+
+    inputs (n, C, H, W); means and samples (n, k, C, H, W).
+    """
+    k = means.shape[1]
+    first = inputs.unsqueeze(1)
+    return _panels(
+        [
+            (rows_grid(torch.cat([first, means], 1)), f"input | decoder means, {k} z ~ q(z|x)"),
+            (rows_grid(torch.cat([first, samples], 1)), "input | a Bernoulli sample of each"),
+        ],
+        path,
+        scale,
+    )
+
+
+def prior_samples(
+    means: torch.Tensor,
+    path: Path,
+    samples: torch.Tensor | None = None,
+    nrow: int = 8,
+    scale: int = 1,
+) -> Path:
+    """Decoder means of z ~ N(0, I), and optionally a Bernoulli sample of each beside them."""
+    panels = [(image_grid(means, nrow), "decoder means, z ~ N(0, I)")]
+    if samples is not None:
+        panels.append((image_grid(samples, nrow), "a Bernoulli sample of each"))
+    return _panels(panels, path, scale)
+
+
+def interpolation(rows: torch.Tensor, path: Path, scale: int = 1) -> Path:
+    """Rows of: start image | decoder means along the line between posterior means | end image."""
+    title = "input | decoder means from z_a to z_b | input"
+    return _panels([(rows_grid(rows), title)], path, scale)
+
+
+def manifold(images: torch.Tensor, z_max: float, path: Path, scale: int = 1) -> Path:
+    """Decoder means over a square grid of the 2-D latent plane (rows: z2 from high to low)."""
+    title = f"decoder means, z1 and z2 from {-z_max:.2f} to {z_max:.2f}"
+    return _panels([(rows_grid(images), title)], path, scale)
+
+
+def latent_scatter(
+    points: torch.Tensor,
+    labels: torch.Tensor,
+    path: Path,
+    axis_labels: tuple[str, str] = ("z1", "z2"),
+    title: str = "",
+    box: float | None = None,
+    figsize: tuple[float, float] = (6.4, 5.6),
+) -> Path:
+    """(N, 2) points coloured by class label: does the code separate the classes unsupervised?
+
+    `box` draws the square [-box, box]^2 (the region a manifold figure shows). The PNG is
+    figsize * DPI pixels exactly.
+    """
+    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    points, labels = points.detach().float().cpu(), labels.detach().cpu()
+    classes = labels.unique().tolist()
+    many = len(classes) > 10
+    cmap = matplotlib.colormaps["turbo" if many else "tab10"]
+    colors = [cmap(i / (len(classes) - 1) if many else i) for i in range(len(classes))]
+    # One scatter in a fixed shuffled order, so no class is painted over all the others; hard-edged
+    # (not antialiased) points keep the PNG about 3x smaller.
+    order = torch.randperm(len(points), generator=torch.Generator().manual_seed(0))
+    color_of = torch.as_tensor(colors)[torch.searchsorted(torch.as_tensor(classes), labels)]
+    point_colors = color_of[order].numpy()
+    ax.scatter(*points[order].T, s=3, lw=0, c=point_colors, antialiased=False, rasterized=True)
+    for c, color in zip(classes, colors, strict=True):
+        ax.scatter([], [], s=20, color=color, label=str(c))
+    if box is not None:
+        ax.add_patch(Rectangle((-box, -box), 2 * box, 2 * box, fill=False, ls="--", lw=0.8))
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+    ax.set_title(title, fontsize=10)
+    ax.legend(title="label", fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def sweep_summary(rows: Sequence[dict], path: Path, title: str = "") -> Path:
+    """Final test loss against z_dim, one line per hidden_dim (vae_pyro.report's rows).
+
+    Jobs that did not finish are red crosses on the top edge at their z_dim, so a hole in the
+    grid shows instead of silently missing. Points of one hidden_dim are joined only when each
+    z_dim occurs once (a grid); repeats (e.g. Optuna trials) stay unjoined markers.
+    """
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    numeric = [r for r in rows if isinstance(r["z_dim"], (int, float))]
+    ok = [r for r in numeric if r["status"] == "ok" and r["test_loss"] is not None]
+    for hidden in sorted({r["hidden_dim"] for r in ok}, key=str):
+        points = sorted((r["z_dim"], r["test_loss"]) for r in ok if r["hidden_dim"] == hidden)
+        zs = [z for z, _ in points]
+        style = "-" if len(set(zs)) == len(zs) else "none"
+        ax.plot(zs, [loss for _, loss in points], marker="o", ls=style, label=f"hidden {hidden}")
+    failed = [r for r in numeric if r not in ok]
+    if failed:
+        ax.plot(
+            [r["z_dim"] for r in failed],
+            [1.0] * len(failed),
+            transform=ax.get_xaxis_transform(),
+            ls="none",
+            marker="x",
+            ms=9,
+            mew=2,
+            color="tab:red",
+            clip_on=False,
+            label=f"failed / unfinished ({len(failed)})",
+        )
+    zs = sorted({r["z_dim"] for r in numeric})
+    if zs and zs[0] > 0:
+        ax.set_xscale("log")
+        ax.set_xticks(zs, [f"{z:g}" for z in zs])
+        ax.minorticks_off()
+    ax.set_xlabel("z_dim (latent dimensions)")
+    ax.set_ylabel("final test -ELBO (nats per image)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     return _save(fig, path)
