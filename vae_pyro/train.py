@@ -24,14 +24,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pyro.infer import SVI
+from pyro.optim import PyroOptim
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from vae_pyro import checkpoint, plots
-from vae_pyro.data import load_data
+from vae_pyro.data import BINARIZATIONS, load_data
 from vae_pyro.errors import TrainingInterrupted, VaePyroError
 from vae_pyro.evaluate import negative_elbo
-from vae_pyro.model import build_vae
+from vae_pyro.model import LIKELIHOODS, VAE, build_vae, kl_scale
+from vae_pyro.networks import SCALE_PARAMS
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,25 @@ def resolve_device(spec: object) -> torch.device:
     raise VaePyroError(f"unknown trainer.device={spec!r}; use auto, cpu, cuda or cuda:N")
 
 
+def _check_options(cfg: DictConfig) -> None:
+    """The modelling options of issue 5: known choices and ranges."""
+    for key, choices in (
+        ("data.binarize", BINARIZATIONS),
+        ("model.likelihood", LIKELIHOODS),
+        ("model.scale_param", tuple(SCALE_PARAMS)),
+    ):
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise VaePyroError(f"unknown {key}={value!r}; choose one of {', '.join(choices)}")
+    beta = cfg.model.kl_weight
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < math.inf:
+        raise VaePyroError(f"model.kl_weight must be a number >= 0 (1 = plain ELBO), got {beta!r}")
+    warmup = cfg.model.kl_warmup_epochs
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise VaePyroError(f"model.kl_warmup_epochs must be an integer >= 0, got {warmup!r}")
+    _positive_int(OmegaConf.select(cfg, "elbo.num_particles", default=1), "elbo.num_particles")
+
+
 def validate(cfg: DictConfig) -> torch.device:
     """Check every value before any work starts; returns the training device."""
     for key in (
@@ -85,6 +106,7 @@ def validate(cfg: DictConfig) -> torch.device:
         raise VaePyroError(f"optim.lr must be a positive number, got {lr!r}")
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise VaePyroError(f"seed must be an integer, got {cfg.seed!r}")
+    _check_options(cfg)
     if not isinstance(cfg.trainer.resume, bool):
         raise VaePyroError(f"trainer.resume must be true or false, got {cfg.trainer.resume!r}")
     if cfg.trainer.resume_from is not None and not isinstance(cfg.trainer.resume_from, str):
@@ -173,6 +195,20 @@ def _one_per_class(y: torch.Tensor, n: int = 10) -> torch.Tensor:
     return torch.stack([(y == c).nonzero()[0, 0] for c in y.unique()[:n]])
 
 
+def build_svi(cfg: DictConfig, vae: VAE) -> tuple[PyroOptim, SVI]:
+    """The optimizer and SVI object exactly as training uses them (the benchmark times these)."""
+    optimizer = instantiate(cfg.optim.optimizer)
+    return optimizer, SVI(vae.model, vae.guide, optimizer, loss=instantiate(cfg.elbo))
+
+
+def svi_step(svi: SVI, batch: torch.Tensor, kl_scale: float = 1.0) -> float:
+    """One training step. Pyro's argument and model/guide checks are off in this hot loop: they
+    cost ~10% of a CPU step, the model is fixed and tested, and a diverging encoder (Normal with
+    scale 0 or inf) still shows up as a non-finite loss, which the caller checks."""
+    with pyro.validation_enabled(False):
+        return svi.step(batch, kl_scale=kl_scale)
+
+
 def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
     """Train a VAE as configured; write artifacts to run_dir; return the final test loss."""
     device = validate(cfg)
@@ -182,10 +218,10 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
 
     pyro.clear_param_store()  # sweep jobs share one process: start each from nothing
     pyro.set_rng_seed(cfg.seed)
-    data = load_data(cfg.data.name, cfg.data.root, cfg.data.subset, device)
+    data = load_data(cfg.data.name, cfg.data.root, cfg.data.subset, device, cfg.data.binarize)
     source = _resume_source(cfg, run_dir)
     vae = build_vae(data.image_shape, cfg.model).to(device)
-    optimizer = instantiate(cfg.optim.optimizer)
+    optimizer, svi = build_svi(cfg, vae)
     resolved = OmegaConf.to_container(cfg, resolve=True)
 
     epochs, batch_size = cfg.trainer.epochs, cfg.data.batch_size
@@ -202,8 +238,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
         if position is not None and len(position["perm"]) != n_train:
             raise VaePyroError(f"{source} stopped inside an epoch over a different data.subset")
         _log_changes(saved["config"], resolved)
-        log.info("resuming from %s after epoch %d", source, done)
-    svi = SVI(vae.model, vae.guide, optimizer, loss=instantiate(cfg.elbo))
+        where = f"epoch {done + 1}, step {position['step']}" if position else f"epoch {done + 1}"
+        log.info("resuming from %s at the start of %s", source, where)
 
     def save(epochs_done: int, position: dict | None = None) -> None:
         checkpoint.save(
@@ -243,8 +279,10 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
                     perm, first, total, before = torch.randperm(n_train, device=device), 0, 0.0, 0.0
                 bar = tqdm(range(first, steps), initial=first, total=steps, leave=False,
                            desc=f"epoch {epoch}/{epochs}", disable=None)  # fmt: skip
+                beta = kl_scale(cfg.model, epoch)  # KL weight (warm-up): 1 unless configured
                 for step in bar:
-                    loss = svi.step(data.train.x[perm[step * batch_size : (step + 1) * batch_size]])
+                    batch = data.train_batch(perm[step * batch_size : (step + 1) * batch_size])
+                    loss = svi_step(svi, batch, beta)
                     if not math.isfinite(loss):
                         kept = (
                             f"the last good checkpoint (epoch {last_saved}) is kept in {ckpt_path}"
@@ -252,8 +290,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
                             else "no checkpoint was written"
                         )
                         raise VaePyroError(
-                            f"loss became {loss} at epoch {epoch}, step {step + 1}/{steps}; "
-                            f"training stopped and {kept}. Lower the learning rate "
+                            f"training diverged (loss {loss}) at epoch {epoch}, step "
+                            f"{step + 1}/{steps}; it stopped and {kept}. Lower the learning rate "
                             f"(optim.lr={cfg.optim.lr:g} now; try optim.lr={cfg.optim.lr / 10:g})"
                         )
                     total += loss
@@ -304,16 +342,41 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
     return final
 
 
+def _record_job(status: str, **fields: Any) -> None:
+    """A sweep job's outcome as status.json in its run dir: vae_pyro.report reads it, not logs."""
+    path = Path(HydraConfig.get().runtime.output_dir) / "status.json"
+    path.write_text(json.dumps({"status": status, **fields}) + "\n")
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float:
+    """A single run exits 2 on a VaePyroError. A sweep job (-m) records any failure in its run
+    dir and returns inf (worst for a minimizing sweeper), so the other jobs still run."""
+    from hydra.types import RunMode
+
+    sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        return train(cfg)
-    except VaePyroError as err:
-        print(f"vae_pyro.train: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except TrainingInterrupted as stop:
+        loss = train(cfg)
+    except TrainingInterrupted as stop:  # Ctrl-C / SIGTERM stops a whole sweep too
+        if sweep:
+            _record_job("interrupted", error=str(stop))
         print(f"vae_pyro.train: {stop}", file=sys.stderr)
         raise SystemExit(stop.exit_code) from None
+    except Exception as err:
+        if not sweep and isinstance(err, VaePyroError):
+            print(f"vae_pyro.train: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        if not sweep:
+            raise
+        log.error("job failed: %s", err, exc_info=not isinstance(err, VaePyroError))
+        _record_job("failed", error=str(err) or type(err).__name__)
+        return math.inf
+    if sweep and not math.isfinite(loss):
+        _record_job("failed", error=f"final test loss is {loss}")
+        return math.inf
+    if sweep:
+        _record_job("ok", test_loss=loss)
+    return loss
 
 
 if __name__ == "__main__":
