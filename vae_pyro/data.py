@@ -37,6 +37,14 @@ TORCHVISION = {
 
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data"
 
+# data.binarize: none = gray levels in [0, 1] (Pyro's tutorial); dynamic = a fresh Bernoulli draw
+# of each training image every time it is used (Burda et al.'s IWAE protocol); static = one
+# fixed draw. The test images are one fixed draw under both binarized protocols, the same draw
+# for both, so their test numbers are on the same data.
+BINARIZATIONS = ("none", "dynamic", "static")
+STATIC_TRAIN_SEED = 0  # the torch.Generator seeds of the fixed draws (fixed, so runs compare)
+TEST_SEED = 1
+
 
 @dataclass
 class Split:
@@ -51,10 +59,28 @@ class Split:
 class ImageData:
     train: Split
     test: Split
+    binarize: str = "none"
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train.x.shape[1:])
+
+    def train_batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """The training images at idx; under dynamic binarization a fresh draw on every call
+        (from the global torch RNG, so a seeded run is reproducible)."""
+        x = self.train.x[idx]
+        return torch.bernoulli(x) if self.binarize == "dynamic" else x
+
+    @property
+    def protocol(self) -> str:
+        """One line saying which data the numbers are for."""
+        return {
+            "none": "gray levels in [0, 1] as targets (train and test)",
+            "dynamic": "dynamic binarization: each training image redrawn from Bernoulli(gray "
+            f"level) at every use; test images one fixed draw (seed {TEST_SEED})",
+            "static": f"static binarization: one fixed Bernoulli draw of the training images "
+            f"(seed {STATIC_TRAIN_SEED}) and of the test images (seed {TEST_SEED})",
+        }[self.binarize]
 
 
 def _torchvision_split(name: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,6 +105,13 @@ def _torchvision_split(name: str, root: Path, train: bool) -> tuple[torch.Tensor
     return x, torch.as_tensor(ds.targets)
 
 
+def _fixed_draw(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """One Bernoulli(gray level) draw of uint8 images, as uint8 0/255, on the CPU (so the
+    draw is the same whatever the training device)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(x.float().div_(255.0), generator=generator).to(torch.uint8).mul_(255)
+
+
 def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> Split:
     # Move the compact uint8 array, then convert on the device.
     return Split(x.to(device).float().div_(255.0), y.to(device).long())
@@ -89,15 +122,26 @@ def load_data(
     root: str | Path | None = None,
     subset: int | None = None,
     device: torch.device | str = "cpu",
+    binarize: str = "none",
 ) -> ImageData:
-    """Load a dataset's train and test splits; `subset` keeps the first N training images."""
+    """Load a dataset's train and test splits; `subset` keeps the first N training images.
+
+    `binarize` is one of BINARIZATIONS; a static draw is made on the whole training set before
+    `subset`, so a subset's images are the same as in the full run.
+    """
     if name not in TORCHVISION:
         raise VaePyroError(
             f"unknown dataset data.name={name!r}; choose one of {sorted(TORCHVISION)}"
         )
+    if binarize not in BINARIZATIONS:
+        raise VaePyroError(
+            f"unknown data.binarize={binarize!r}; choose one of {', '.join(BINARIZATIONS)}"
+        )
     root = DEFAULT_ROOT if root is None else Path(root).expanduser()
     device = torch.device(device)
     x_train, y_train = _torchvision_split(name, root, train=True)
+    if binarize == "static":
+        x_train = _fixed_draw(x_train, STATIC_TRAIN_SEED)
     if subset is not None:
         if subset > len(x_train):
             raise VaePyroError(
@@ -105,7 +149,11 @@ def load_data(
             )
         x_train, y_train = x_train[:subset], y_train[:subset]
     x_test, y_test = _torchvision_split(name, root, train=False)
-    return ImageData(_to_device(x_train, y_train, device), _to_device(x_test, y_test, device))
+    if binarize != "none":
+        x_test = _fixed_draw(x_test, TEST_SEED)
+    return ImageData(
+        _to_device(x_train, y_train, device), _to_device(x_test, y_test, device), binarize
+    )
 
 
 def minibatches(n: int, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:

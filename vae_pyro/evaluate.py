@@ -1,20 +1,252 @@
-"""Test-set metrics."""
+"""Test-set metrics: the test ELBO and the importance-weighted log-likelihood.
+
+`python -m vae_pyro.evaluate run_dir=outputs/<run> num_particles=5000` writes `<run>/eval.json`.
+
+The importance-weighted (IW) estimate of Burda et al. (2015),
+
+    log p(x) ~= log (1/K) sum_k p(x, z_k) / q(z_k | x),   z_k ~ q(z | x),
+
+is a lower bound in expectation that rises to log p(x) as K grows; K = 1 is the ELBO. It is
+computed from the VAE's own `prior`, `posterior` and `likelihood`, the distributions that
+`vae.model` and `vae.guide` sample, never with the training-time KL weight.
+"""
 
 from __future__ import annotations
 
-import torch
-from pyro.infer import Trace_ELBO
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
+import hydra
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from pyro.infer import Trace_ELBO
+from tqdm import tqdm
+
+from vae_pyro.checkpoint import load_vae
+from vae_pyro.data import load_data
+from vae_pyro.errors import VaePyroError
 from vae_pyro.model import VAE
+
+# Not imported from vae_pyro.train: train imports this module (negative_elbo).
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 @torch.no_grad()
 def negative_elbo(vae: VAE, x: torch.Tensor, batch_size: int = 2000) -> float:
     """Single-sample negative ELBO in nats per image (Pyro tutorial protocol).
 
-    Always the plain Trace_ELBO, whatever objective trained the model, so numbers compare.
-    The estimate does not depend on batch_size; it only bounds memory.
+    Always the plain Trace_ELBO (KL weight 1: vae.model's default), whatever objective trained
+    the model, so numbers compare. The estimate does not depend on batch_size; it only bounds
+    memory.
     """
     elbo = Trace_ELBO(max_plate_nesting=1)
     total = sum(elbo.loss(vae.model, vae.guide, xb) for xb in x.split(batch_size))
     return total / x.shape[0]
+
+
+def _log_likelihood(vae: VAE, flat: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """log p(x | z), (k, b), for flattened images (b, D) and particles (k, b, z_dim).
+
+    For the Bernoulli likelihood, log p = sum_j x_j l_j - softplus(l_j) with logits l (for gray
+    targets too: what Bernoulli(logits).log_prob computes). sum_j x_j l_j = h . (W^T x) + b . x
+    needs no (k, b, D) tensor, which makes this ~30% faster than the distribution's log_prob;
+    the decoder matmul itself is the rest.
+    """
+    if getattr(vae, "likelihood_name", None) != "bernoulli":
+        return vae.likelihood(z).log_prob(flat)
+    dec = vae.decoder
+    hidden = dec.softplus(dec.fc1(z))
+    x_dot_logits = torch.einsum("kbh,bh->kb", hidden, flat @ dec.fc21.weight) + flat @ dec.fc21.bias
+    return x_dot_logits - F.softplus(dec.fc21(hidden)).sum(-1)
+
+
+def _log_weights(
+    vae: VAE,
+    flat: torch.Tensor,
+    prior: dist.Distribution,
+    posterior: dist.Distribution,
+    z: torch.Tensor,
+) -> torch.Tensor:
+    return _log_likelihood(vae, flat, z) + prior.log_prob(z) - posterior.log_prob(z)
+
+
+@torch.no_grad()
+def log_weights(vae: VAE, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """log p(x, z) - log q(z | x) for particles z of shape (k, b, z_dim) of images x (b, ...).
+
+    Returns (k, b): what importance_sample averages, the same numbers as the model trace's
+    log-joint minus the guide trace's log-prob at z.
+    """
+    b = x.shape[0]
+    return _log_weights(vae, x.reshape(b, -1), vae.prior(b, x), vae.posterior(x), z)
+
+
+def _chunks(num_particles: int, max_batch_elements: int) -> tuple[int, int]:
+    """(images, particles) per decoder call, their product at most max_batch_elements."""
+    images = max(1, max_batch_elements // num_particles)
+    return images, max(1, min(num_particles, max_batch_elements // images))
+
+
+@torch.no_grad()
+def importance_sample(
+    vae: VAE,
+    x: torch.Tensor,
+    num_particles: int,
+    max_batch_elements: int = 100_000,
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Per-image IW statistics over K = num_particles draws z ~ q(z | x); float64, shape (N,).
+
+    log_px: log-mean-exp of the log-weights (the IW estimate of log p(x)); elbo: their mean (a
+    K-sample estimate of the ELBO); ess: effective sample size (sum w)^2 / sum w^2, in [1, K].
+    One encoder pass per image chunk; particles are drawn in chunks and the decoder sees
+    (particles x images) rows, at most max_batch_elements; the log-sum-exps are accumulated
+    across particle chunks, so the result does not depend on the chunking (up to rounding).
+    """
+    n = x.shape[0]
+    images, particles = _chunks(num_particles, max_batch_elements)
+    out = {key: torch.empty(n, dtype=torch.float64) for key in ("log_px", "elbo", "ess")}
+    bar = tqdm(
+        total=n, unit="img", desc=f"IW K={num_particles}", disable=None if progress else True
+    )  # disable=None: a bar on a terminal, nothing in a log file
+    for start in range(0, n, images):
+        xb = x[start : start + images]
+        b = xb.shape[0]
+        flat, prior, posterior = xb.reshape(b, -1), vae.prior(b, xb), vae.posterior(xb)
+        lse = xb.new_full((b,), -math.inf, dtype=torch.float64)  # log sum w
+        lse2 = lse.clone()  # log sum w^2
+        total = torch.zeros(b, dtype=torch.float64, device=xb.device)  # sum log w
+        for k0 in range(0, num_particles, particles):
+            z = posterior.sample((min(particles, num_particles - k0),))
+            lw = _log_weights(vae, flat, prior, posterior, z).double()
+            lse = torch.logaddexp(lse, lw.logsumexp(0))
+            lse2 = torch.logaddexp(lse2, (2 * lw).logsumexp(0))
+            total += lw.sum(0)
+        out["log_px"][start : start + b] = (lse - math.log(num_particles)).cpu()
+        out["elbo"][start : start + b] = (total / num_particles).cpu()
+        out["ess"][start : start + b] = (2 * lse - lse2).exp().cpu()
+        bar.update(b)
+    bar.close()
+    return out
+
+
+def summarize(stats: dict[str, torch.Tensor], num_particles: int) -> dict[str, float]:
+    """Test-set means in nats per image, with two standard errors.
+
+    *_se: spread over images / sqrt(N), the error of a mean over this many test images.
+    nll_mc_se: Monte Carlo error of the IW estimate itself on these images, by the delta method:
+    Var(log mean w) ~= Var(w) / (K E[w]^2) = 1/ESS - 1/K per image (None for K = 1). It is the
+    estimate's spread, not its downward bias: that shows as a rise of log p(x) with K.
+    """
+    n = stats["log_px"].numel()
+    log_px, elbo, ess = stats["log_px"], stats["elbo"], stats["ess"]
+    mc_var = (1.0 / ess - 1.0 / num_particles).clamp(min=0.0)
+    se = (lambda v: float(v.std() / math.sqrt(n))) if n > 1 else (lambda v: math.nan)
+    return {
+        "nll": float(-log_px.mean()),
+        "nll_se": se(log_px),
+        "nll_mc_se": float(mc_var.sum().sqrt() / n) if num_particles > 1 else None,
+        "negative_elbo": float(-elbo.mean()),
+        "negative_elbo_se": se(elbo),
+        "ess_mean": float(ess.mean()),
+        "ess_min": float(ess.min()),
+    }
+
+
+def _positive_int(cfg: DictConfig, key: str) -> int:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise VaePyroError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _write_json(path: Path, record: dict[str, Any]) -> None:
+    """Temp file + rename: an interrupted write never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate a run's checkpoint on its test set; write and return the record."""
+    from vae_pyro.train import resolve_device  # here: train imports this module
+
+    if OmegaConf.is_missing(cfg, "run_dir"):
+        raise VaePyroError("run_dir is required: python -m vae_pyro.evaluate run_dir=outputs/<run>")
+    num_particles = _positive_int(cfg, "num_particles")
+    max_batch_elements = _positive_int(cfg, "max_batch_elements")
+    if cfg.num_images is not None:
+        _positive_int(cfg, "num_images")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise VaePyroError(f"seed must be an integer, got {cfg.seed!r}")
+    try:
+        device = resolve_device(cfg.device)
+    except VaePyroError as err:  # resolve_device names the training key
+        raise VaePyroError(str(err).replace("trainer.device", "device")) from None
+    run_dir = Path(cfg.run_dir).expanduser()
+    if not run_dir.is_dir():
+        raise VaePyroError(f"run directory not found: {run_dir} (run_dir= names a training run)")
+
+    vae, ckpt = load_vae(run_dir / "checkpoint.pt", device)
+    data_cfg = ckpt["config"]["data"]
+    binarize = data_cfg.get("binarize", "none")  # runs from before data.binarize: gray levels
+    # Only the test split is used: subset=1 keeps the unused training split small.
+    data = load_data(data_cfg["name"], data_cfg.get("root"), 1, device, binarize)
+    x = data.test.x if cfg.num_images is None else data.test.x[: cfg.num_images]
+
+    pyro.set_rng_seed(cfg.seed)
+    start = time.perf_counter()
+    stats = importance_sample(vae, x, num_particles, max_batch_elements, progress=True)
+    seconds = time.perf_counter() - start
+    record: dict[str, Any] = {
+        "run_dir": str(run_dir.resolve()),
+        "checkpoint_epoch": ckpt["epoch"],
+        "binarize": binarize,
+        "protocol": data.protocol,
+        "likelihood": vae.likelihood_name,
+        "num_images": x.shape[0],
+        "num_particles": num_particles,
+        "units": "nats per image; nll = -(IW estimate of log p(x)), K = num_particles",
+        **summarize(stats, num_particles),
+        "seed": cfg.seed,
+        "device": str(device),
+        "max_batch_elements": max_batch_elements,
+        "seconds": round(seconds, 1),
+    }
+    out = run_dir / cfg.output
+    _write_json(out, record)
+    mc = "" if record["nll_mc_se"] is None else f" +- {record['nll_mc_se']:.3f} (Monte Carlo)"
+    print(
+        f"{run_dir}: checkpoint after epoch {record['checkpoint_epoch']}, "
+        f"{record['num_images']} test images, protocol: {record['protocol']}\n"
+        f"  -log p(x) (IW, K={num_particles}): {record['nll']:.2f} "
+        f"+- {record['nll_se']:.2f} (images){mc}\n"
+        f"  -ELBO: {record['negative_elbo']:.2f} +- {record['negative_elbo_se']:.2f}   "
+        f"mean ESS {record['ess_mean']:.1f} of {num_particles}   {seconds:.1f} s\n"
+        f"  written to {out}"
+    )
+    return record
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    try:
+        evaluate(cfg)
+    except VaePyroError as err:
+        print(f"vae_pyro.evaluate: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
