@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,30 @@ def load_vae(
     return vae.to(device).eval(), ckpt
 
 
+def check_image_shape(
+    path: str | os.PathLike, trained: Sequence[int], given: Sequence[int], where: str = ""
+) -> None:
+    """One clear error when images do not fit a checkpoint's networks; a grey/colour mix-up (the
+    likeliest) names the channel counts. `where` says where the images came from."""
+    trained, given = tuple(trained), tuple(given)
+    if trained == given:
+        return
+    what = (
+        f"{trained[0]} channel(s) vs {given[0]}"
+        if len(trained) == len(given) == 3 and trained[0] != given[0]
+        else "another image size"
+    )
+    raise VaePyroError(
+        f"checkpoint {path} was trained on images of shape {trained} (C, H, W), but "
+        f"{where or 'these images are'} {given}: {what}. Use the data the run was trained on, "
+        "or train a new run on these images"
+    )
+
+
 def restore_networks(vae: VAE, ckpt: dict[str, Any], path: str | os.PathLike) -> None:
     """Load the encoder/decoder weights into `vae`, or one clear error if they do not fit."""
+    if ckpt.get("image_shape") is not None:
+        check_image_shape(path, ckpt["image_shape"], vae.image_shape, "this run's images are")
     try:
         vae.encoder.load_state_dict(ckpt["encoder"])
         vae.decoder.load_state_dict(ckpt["decoder"])

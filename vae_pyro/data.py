@@ -1,39 +1,55 @@
 """Datasets as whole tensors on the training device, and the batch index iterator.
 
-torchvision reads the files (no hand-written parsers). The split is converted once to a
-float tensor in [0, 1] of shape (N, C, H, W); training batches are slices of a per-epoch
+torchvision reads the files (MNIST, FashionMNIST, CIFAR10, ImageFolder; no hand-written
+parsers), numpy reads npz arrays. Every source's split is converted once to a float tensor in
+[0, 1] of shape (N, C, H, W); training batches are slices of a per-epoch
 permutation of it, so the hot loop does no per-sample Python work.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
-from collections.abc import Iterator
+import os
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.error import URLError
 
+import numpy as np
 import torch
-from torchvision import datasets
+from torchvision import datasets, transforms
 
 from vae_pyro.errors import VaePyroError
 
 log = logging.getLogger(__name__)
 
-# name -> (torchvision class, files its raw folder must hold)
+_IDX_FILES = [
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+]
+# name -> (torchvision class, its folder under data.root, the files that folder must hold)
 TORCHVISION = {
-    "mnist": (
-        datasets.MNIST,
-        [
-            "train-images-idx3-ubyte.gz",
-            "train-labels-idx1-ubyte.gz",
-            "t10k-images-idx3-ubyte.gz",
-            "t10k-labels-idx1-ubyte.gz",
-        ],
+    "mnist": (datasets.MNIST, "MNIST/raw", _IDX_FILES),
+    "fashion_mnist": (datasets.FashionMNIST, "FashionMNIST/raw", _IDX_FILES),
+    "cifar10": (
+        datasets.CIFAR10,
+        "cifar-10-batches-py",
+        [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"],
     ),
 }
+# Where cifar10 looks when torchvision's batch files are absent: an npz with the same content
+# (the layout of the shared offline copy: <data.root>/CIFAR10/cifar10.npz).
+CIFAR10_NPZ = "CIFAR10/cifar10.npz"
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+# Every data.name; npz and image_folder read data.path, the others data.root (cifar10 both).
+SOURCES = (*TORCHVISION, "npz", "image_folder")
 
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data"
 
@@ -83,26 +99,191 @@ class ImageData:
         }[self.binarize]
 
 
-def _torchvision_split(name: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    cls, files = TORCHVISION[name]
-    raw = root / cls.__name__ / "raw"
+def _read_only(folder: Path) -> bool:
+    """No write permission, or a folder marked read-only (r-x), which root could still write."""
+    return not os.access(folder, os.W_OK) or not folder.stat().st_mode & 0o222
+
+
+def _torchvision_root(root: Path, folder: str, files: list[str]) -> Path:
+    """The root to hand torchvision, which extracts .gz files beside them on first use.
+
+    A read-only copy holding only the .gz files (a shared data folder) is mirrored by symlinks
+    into a cache folder ($VAE_PYRO_CACHE, default ~/.cache/vae_pyro), so the extraction goes
+    there and the copy is never written.
+    """
+    raw = root / folder
+    if not raw.is_dir() or not all((raw / f).is_file() for f in files):
+        return root
+    if all((raw / f.removesuffix(".gz")).exists() for f in files) or not _read_only(raw):
+        return root
+    base = Path(os.environ.get("VAE_PYRO_CACHE", Path.home() / ".cache" / "vae_pyro"))
+    cache = base / hashlib.sha1(str(raw.resolve()).encode()).hexdigest()[:12]
+    (cache / folder).mkdir(parents=True, exist_ok=True)
+    for f in files:
+        with contextlib.suppress(FileExistsError):  # another process made it first
+            (cache / folder / f).symlink_to((raw / f).resolve())
+    return cache
+
+
+def _torchvision_split(
+    name: str, root: Path, train: bool, alternative: str = ""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split as uint8 (N, C, H, W) and labels; `alternative` ends the not-found error."""
+    cls, folder, files = TORCHVISION[name]
     try:
         # download=True only fetches what is missing: with the .gz files present it just
         # extracts them, offline. Its progress chatter goes to the log, not the terminal.
         with contextlib.redirect_stdout(io.StringIO()) as chatter:
-            ds = cls(str(root), train=train, download=True)
+            ds = cls(str(_torchvision_root(root, folder, files)), train=train, download=True)
     except (RuntimeError, URLError, OSError) as err:
         raise VaePyroError(
-            f"{cls.__name__} not found in {raw} and could not be downloaded "
-            f"({type(err).__name__}). Put the four files {', '.join(files)} in that "
-            f"directory, or point data.root at a folder holding {cls.__name__}/raw/."
+            f"{cls.__name__} not found in {root / folder} and could not be downloaded "
+            f"({type(err).__name__}). Put the files {', '.join(files)} in that "
+            f"directory, or point data.root at a folder holding {folder}/{alternative}."
         ) from None
     if chatter.getvalue().strip():
         log.info(chatter.getvalue().strip())
-    x = ds.data if isinstance(ds.data, torch.Tensor) else torch.as_tensor(ds.data)
-    if x.ndim == 3:  # (N, H, W) grey -> (N, 1, H, W)
-        x = x.unsqueeze(1)
+    x = torch.as_tensor(ds.data)  # MNIST: (N, H, W) tensor; CIFAR10: (N, H, W, C) numpy
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
     return x, torch.as_tensor(ds.targets)
+
+
+Splits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x/y train, x/y test
+
+
+def _npz_images(x: np.ndarray, key: str, path: Path) -> torch.Tensor:
+    """uint8 N x H x W (grey) or N x H x W x C (C = 1 or 3) -> (N, C, H, W)."""
+    if x.dtype != np.uint8:
+        raise VaePyroError(
+            f"{path}: {key} has dtype {x.dtype}, expected uint8 pixels 0-255 (from floats in "
+            f"[0, 1]: np.round(x * 255).astype(np.uint8))"
+        )
+    if x.ndim == 3:
+        return torch.from_numpy(x).unsqueeze(1)
+    if x.ndim == 4 and x.shape[-1] in (1, 3):
+        return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    hint = ""
+    if x.ndim == 4 and x.shape[1] in (1, 3):
+        hint = "; it looks channels-first: use x.transpose(0, 2, 3, 1)"
+    raise VaePyroError(
+        f"{path}: {key} has shape {x.shape}, expected N x H x W (grey) or N x H x W x C with "
+        f"C = 1 or 3 (channels last){hint}"
+    )
+
+
+def _npz_labels(y: np.ndarray, key: str, n: int, path: Path) -> torch.Tensor:
+    if y.ndim != 1 or len(y) != n or not np.issubdtype(y.dtype, np.integer):
+        raise VaePyroError(
+            f"{path}: {key} has shape {y.shape} and dtype {y.dtype}, expected {n} integer "
+            f"labels (one per image)"
+        )
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def _npz_splits(path: Path, expect: tuple[int, int, int] | None = None) -> Splits:
+    """An npz with x_train, y_train, x_test, y_test; `expect` is the image shape a named
+    dataset must have (cifar10: 3 x 32 x 32)."""
+    if not path.is_file():
+        raise VaePyroError(
+            f"npz file not found: {path}. data.path must name an .npz holding {', '.join(NPZ_KEYS)}"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in NPZ_KEYS if k not in npz.files]
+            if missing:
+                raise VaePyroError(
+                    f"{path} has no {', '.join(missing)}: an npz dataset needs the arrays "
+                    f"{', '.join(NPZ_KEYS)} (this file has {', '.join(sorted(npz.files))})"
+                )
+            arrays = {k: npz[k] for k in NPZ_KEYS}
+    except VaePyroError:
+        raise
+    except Exception as err:  # not a zip, truncated, object arrays (would need pickle)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise VaePyroError(f"cannot read {path} as an npz of arrays ({reason})") from None
+    x_train = _npz_images(arrays["x_train"], "x_train", path)
+    x_test = _npz_images(arrays["x_test"], "x_test", path)
+    for x, key in ((x_train, "x_train"), (x_test, "x_test")):
+        if expect is not None and tuple(x.shape[1:]) != expect:
+            raise VaePyroError(f"{path}: {key} holds images of shape (C, H, W) = "
+                               f"{tuple(x.shape[1:])}, expected {expect}")  # fmt: skip
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise VaePyroError(
+            f"{path}: train images are {tuple(x_train.shape[1:])} and test images "
+            f"{tuple(x_test.shape[1:])} (C, H, W); both splits need one shape"
+        )
+    y_train = _npz_labels(arrays["y_train"], "y_train", len(x_train), path)
+    y_test = _npz_labels(arrays["y_test"], "y_test", len(x_test), path)
+    return x_train, y_train, x_test, y_test
+
+
+def _cifar10_splits(root: Path, path: Path | None) -> Splits:
+    """torchvision's batch files under root when present, else an npz copy: data.path, or
+    <root>/CIFAR10/cifar10.npz (the offline copy's layout), else a download."""
+    if path is not None:
+        return _npz_splits(path, expect=(3, 32, 32))
+    npz = root / CIFAR10_NPZ
+    if not (root / TORCHVISION["cifar10"][1]).is_dir() and npz.is_file():
+        log.info("CIFAR-10 from %s (torchvision's batch files are not in %s)", npz, root)
+        return _npz_splits(npz, expect=(3, 32, 32))
+    also = f", or at {CIFAR10_NPZ} (an npz with {', '.join(NPZ_KEYS)}), or set data.path"
+    return (
+        *_torchvision_split("cifar10", root, train=True, alternative=also),
+        *_torchvision_split("cifar10", root, train=False, alternative=also),
+    )
+
+
+def _folder_split(folder: Path, image_size: int | None) -> datasets.ImageFolder:
+    if not folder.is_dir():
+        raise VaePyroError(
+            f"image folder not found: {folder}. data.path must hold train/ and test/, each with "
+            f"one sub-folder of images per class (e.g. {folder}/cat/0001.png)"
+        )
+    steps = [transforms.PILToTensor()]
+    if image_size is not None:  # shorter side to image_size, then the centre square
+        steps = [transforms.Resize(image_size), transforms.CenterCrop(image_size), *steps]
+    try:
+        return datasets.ImageFolder(str(folder), transform=transforms.Compose(steps))
+    except (FileNotFoundError, OSError) as err:  # no class folders, or no images in them
+        raise VaePyroError(f"no images found in {folder}: {err}") from None
+
+
+def _image_folder_splits(path: Path, image_size: int | None) -> Splits:
+    """torchvision ImageFolder over path/train and path/test, decoded once into uint8 tensors.
+
+    Images are read as RGB; when every image is grey (R = G = B) one channel is kept. Labels
+    are train's class indices (a test class without training images is an error).
+    """
+    train, test = (_folder_split(path / split, image_size) for split in ("train", "test"))
+    unknown = sorted(set(test.classes) - set(train.classes))
+    if unknown:
+        raise VaePyroError(f"{path / 'test'} has classes {unknown} that {path / 'train'} lacks")
+    images: list[list[torch.Tensor]] = [[], []]
+    sizes: Counter = Counter()
+    example: dict[tuple[int, int], str] = {}
+    for ds, out in ((train, images[0]), (test, images[1])):
+        for i, (file, _) in enumerate(ds.samples):
+            try:
+                img = ds[i][0]
+            except OSError as err:  # PIL's UnidentifiedImageError is an OSError
+                raise VaePyroError(f"cannot read image {file}: {err}") from None
+            out.append(img)
+            sizes[tuple(img.shape[1:])] += 1
+            example.setdefault(tuple(img.shape[1:]), file)
+    if len(sizes) > 1:
+        found = ", ".join(
+            f"{h}x{w} ({n} images, e.g. {example[(h, w)]})" for (h, w), n in sizes.most_common(4)
+        )
+        raise VaePyroError(
+            f"the images in {path} differ in size (H x W): {found}. Set data.image_size=N to "
+            "resize them all (shorter side to N, then the centre N x N)"
+        )
+    x_train, x_test = torch.stack(images[0]), torch.stack(images[1])
+    if (x_train == x_train[:, :1]).all() and (x_test == x_test[:, :1]).all():
+        x_train, x_test = x_train[:, :1].contiguous(), x_test[:, :1].contiguous()
+    to_train = {i: train.class_to_idx[c] for i, c in enumerate(test.classes)}
+    y_test = torch.tensor([to_train[t] for t in test.targets], dtype=torch.int64)
+    return x_train, torch.tensor(train.targets, dtype=torch.int64), x_test, y_test
 
 
 def _fixed_draw(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -117,29 +298,54 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> Split:
     return Split(x.to(device).float().div_(255.0), y.to(device).long())
 
 
+def _source_splits(name: str, root: Path, path: Path | None, image_size: int | None) -> Splits:
+    if name in ("npz", "image_folder"):
+        if path is None:
+            what = "an .npz file" if name == "npz" else "a folder holding train/ and test/"
+            raise VaePyroError(f"data={name} needs data.path=<{what}>")
+        return _npz_splits(path) if name == "npz" else _image_folder_splits(path, image_size)
+    if name == "cifar10":
+        return _cifar10_splits(root, path)
+    return (
+        *_torchvision_split(name, root, train=True),
+        *_torchvision_split(name, root, train=False),
+    )
+
+
 def load_data(
     name: str = "mnist",
     root: str | Path | None = None,
     subset: int | None = None,
     device: torch.device | str = "cpu",
     binarize: str = "none",
+    path: str | Path | None = None,
+    image_size: int | None = None,
 ) -> ImageData:
     """Load a dataset's train and test splits; `subset` keeps the first N training images.
 
-    `binarize` is one of BINARIZATIONS; a static draw is made on the whole training set before
-    `subset`, so a subset's images are the same as in the full run.
+    `name` is one of SOURCES: torchvision's files under `root` (null: the project's data/),
+    or `path` (an npz, an image folder; cifar10 also takes an npz copy). `image_size` resizes
+    image_folder images. `binarize` is one of BINARIZATIONS; a static draw is made on the whole
+    training set before `subset`, so a subset's images are the same as in the full run.
     """
-    if name not in TORCHVISION:
+    if name not in SOURCES:
         raise VaePyroError(
-            f"unknown dataset data.name={name!r}; choose one of {sorted(TORCHVISION)}"
+            f"unknown dataset data.name={name!r}; choose one of {', '.join(SOURCES)}"
         )
     if binarize not in BINARIZATIONS:
         raise VaePyroError(
             f"unknown data.binarize={binarize!r}; choose one of {', '.join(BINARIZATIONS)}"
         )
+    if image_size is not None and (
+        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0
+    ):
+        raise VaePyroError(
+            f"data.image_size must be a positive integer or null, got {image_size!r}"
+        )
     root = DEFAULT_ROOT if root is None else Path(root).expanduser()
+    path = None if path is None else Path(path).expanduser()
     device = torch.device(device)
-    x_train, y_train = _torchvision_split(name, root, train=True)
+    x_train, y_train, x_test, y_test = _source_splits(name, root, path, image_size)
     if binarize == "static":
         x_train = _fixed_draw(x_train, STATIC_TRAIN_SEED)
     if subset is not None:
@@ -148,11 +354,30 @@ def load_data(
                 f"data.subset={subset} is larger than the {len(x_train)} training images of {name}"
             )
         x_train, y_train = x_train[:subset], y_train[:subset]
-    x_test, y_test = _torchvision_split(name, root, train=False)
     if binarize != "none":
         x_test = _fixed_draw(x_test, TEST_SEED)
     return ImageData(
         _to_device(x_train, y_train, device), _to_device(x_test, y_test, device), binarize
+    )
+
+
+def load_data_config(
+    data_cfg: Mapping[str, Any], device: torch.device | str = "cpu", subset: int | None = None
+) -> ImageData:
+    """A config's `data` section -> ImageData, the one way train, sample and evaluate read data.
+
+    Keys a source does not use may be absent (a checkpoint's config from before they existed):
+    they default to what the original MNIST loader did. `subset` overrides data.subset (the
+    loaders that need only the test split pass 1).
+    """
+    return load_data(
+        data_cfg["name"],
+        data_cfg.get("root"),
+        data_cfg.get("subset") if subset is None else subset,
+        device,
+        data_cfg.get("binarize", "none"),
+        data_cfg.get("path"),
+        data_cfg.get("image_size"),
     )
 
 

@@ -32,9 +32,10 @@ from pyro.infer import Trace_ELBO
 from tqdm import tqdm
 
 from vae_pyro.checkpoint import load_vae
-from vae_pyro.data import load_data
+from vae_pyro.data import load_data_config
 from vae_pyro.errors import VaePyroError
 from vae_pyro.model import VAE
+from vae_pyro.networks import Decoder
 
 # Not imported from vae_pyro.train: train imports this module (negative_elbo).
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -61,7 +62,7 @@ def _log_likelihood(vae: VAE, flat: torch.Tensor, z: torch.Tensor) -> torch.Tens
     needs no (k, b, D) tensor, which makes this ~30% faster than the distribution's log_prob;
     the decoder matmul itself is the rest.
     """
-    if getattr(vae, "likelihood_name", None) != "bernoulli":
+    if getattr(vae, "likelihood_name", None) != "bernoulli" or not isinstance(vae.decoder, Decoder):
         return vae.likelihood(z).log_prob(flat)
     dec = vae.decoder
     hidden = dec.softplus(dec.fc1(z))
@@ -202,7 +203,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     data_cfg = ckpt["config"]["data"]
     binarize = data_cfg.get("binarize", "none")  # runs from before data.binarize: gray levels
     # Only the test split is used: subset=1 keeps the unused training split small.
-    data = load_data(data_cfg["name"], data_cfg.get("root"), 1, device, binarize)
+    data = load_data_config(data_cfg, device, subset=1)
     x = data.test.x if cfg.num_images is None else data.test.x[: cfg.num_images]
 
     pyro.set_rng_seed(cfg.seed)

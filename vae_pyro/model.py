@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyro
@@ -11,9 +11,12 @@ import pyro.poutine as poutine
 import torch
 from torch import nn
 
-from vae_pyro.networks import Decoder, Encoder
+from vae_pyro.errors import VaePyroError
+from vae_pyro.networks import ConvDecoder, ConvEncoder, Decoder, Encoder
 
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
+ARCHS = ("mlp", "conv")  # model.arch: the encoder/decoder pair (networks.py)
+DEFAULT_CHANNELS = (32, 64, 128)  # conv: feature maps after each stride-2 convolution
 
 
 def _kl_weighted(kl_scale: float) -> poutine.messenger.Messenger:
@@ -47,6 +50,8 @@ class VAE(nn.Module):
         hidden_dim: int = 400,
         likelihood: str = "bernoulli",
         scale_param: str = "exp",
+        arch: str = "mlp",
+        channels: Sequence[int] = DEFAULT_CHANNELS,
     ):
         super().__init__()
         if likelihood not in LIKELIHOODS:
@@ -54,10 +59,15 @@ class VAE(nn.Module):
         self.image_shape = tuple(image_shape)
         self.z_dim = z_dim
         self.likelihood_name = likelihood
-        self.encoder = Encoder(self.image_shape, z_dim, hidden_dim, scale_param)
-        self.decoder = Decoder(
-            self.image_shape, z_dim, hidden_dim, learn_scale=likelihood == "gaussian"
-        )
+        learn_scale = likelihood == "gaussian"
+        if arch == "mlp":
+            self.encoder = Encoder(self.image_shape, z_dim, hidden_dim, scale_param)
+            self.decoder = Decoder(self.image_shape, z_dim, hidden_dim, learn_scale=learn_scale)
+        elif arch == "conv":
+            self.encoder = ConvEncoder(self.image_shape, z_dim, hidden_dim, channels, scale_param)
+            self.decoder = ConvDecoder(self.image_shape, z_dim, hidden_dim, channels, learn_scale)
+        else:
+            raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
 
     def prior(self, batch: int, like: torch.Tensor) -> dist.Distribution:
         """p(z) = N(0, I) for `batch` images, on like's device and dtype."""
@@ -115,15 +125,24 @@ class VAE(nn.Module):
 def build_vae(image_shape: tuple[int, ...], model_cfg: Mapping[str, Any]) -> VAE:
     """The one place a config's `model` section becomes a VAE (training and every loader).
 
-    Keys added after the first release default to the original model, so old checkpoints load.
+    Keys added after the first release default to the original model, so old checkpoints load
+    (no `arch`: the MLP). Values that do not fit the images (a conv net too deep for their size)
+    are a VaePyroError.
     """
-    return VAE(
-        tuple(image_shape),
-        z_dim=model_cfg["z_dim"],
-        hidden_dim=model_cfg["hidden_dim"],
-        likelihood=model_cfg.get("likelihood", "bernoulli"),
-        scale_param=model_cfg.get("scale_param", "exp"),
-    )
+    try:
+        return VAE(
+            tuple(image_shape),
+            z_dim=model_cfg["z_dim"],
+            hidden_dim=model_cfg["hidden_dim"],
+            likelihood=model_cfg.get("likelihood", "bernoulli"),
+            scale_param=model_cfg.get("scale_param", "exp"),
+            arch=model_cfg.get("arch", "mlp"),
+            channels=model_cfg.get("channels", DEFAULT_CHANNELS),
+        )
+    except ValueError as err:
+        raise VaePyroError(
+            f"cannot build the model for images of shape {tuple(image_shape)} (C, H, W): {err}"
+        ) from None
 
 
 def kl_scale(model_cfg: Mapping[str, Any], epoch: int) -> float:

@@ -7,6 +7,7 @@ docs line up with it. Image shape comes from the data as (C, H, W).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -69,3 +70,110 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.sigmoid(self.logits(z))
+
+
+def conv_feature_sizes(height: int, width: int, n: int) -> list[tuple[int, int]]:
+    """(H, W) of the input and after each of n stride-2 convolutions (kernel 4, padding 1),
+    each floor(size / 2); odd sizes lose nothing (the padded kernel still covers every pixel)
+    and the decoder's output_padding (size mod 2) restores them exactly."""
+    sizes = [(height, width)]
+    for _ in range(n):
+        h, w = sizes[-1]
+        sizes.append((h // 2, w // 2))
+    if min(sizes[-1]) < 1:
+        raise ValueError(
+            f"images of {height}x{width} pixels are too small for {n} stride-2 convolutions "
+            f"(one per entry of model.channels): each side needs at least {2**n} pixels; "
+            "give fewer channels or use model=mlp"
+        )
+    return sizes
+
+
+def _channels(channels: Sequence[int]) -> tuple[int, ...]:
+    channels = tuple(channels)
+    bad = [c for c in channels if isinstance(c, bool) or not isinstance(c, int) or c < 1]
+    if not channels or bad:
+        raise ValueError(
+            f"model.channels must be a non-empty list of positive integers: {channels}"
+        )
+    return channels
+
+
+class ConvEncoder(nn.Module):
+    """x -> (loc, scale) of q(z | x), for images: stride-2 convolutions (kernel 4, padding 1,
+    ReLU) halve H and W per entry of `channels`, then a dense layer `fc1` (hidden_dim) and the
+    heads `fc21` (loc) and `fc22` (scale, via scale_param) as in the MLP Encoder."""
+
+    def __init__(
+        self,
+        image_shape: tuple[int, ...],
+        z_dim: int,
+        hidden_dim: int,
+        channels: Sequence[int] = (32, 64, 128),
+        scale_param: str = "exp",
+    ) -> None:
+        super().__init__()
+        if scale_param not in SCALE_PARAMS:
+            raise ValueError(f"scale_param must be one of {sorted(SCALE_PARAMS)}")
+        self.image_shape = tuple(image_shape)
+        self.scale_param = scale_param
+        channels = _channels(channels)
+        c, h, w = self.image_shape
+        sizes = conv_feature_sizes(h, w, len(channels))
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip((c, *channels[:-1]), channels, strict=True):
+            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
+        self.conv = nn.Sequential(*layers)
+        self.fc1 = nn.Linear(channels[-1] * math.prod(sizes[-1]), hidden_dim)
+        self.fc21 = nn.Linear(hidden_dim, z_dim)
+        self.fc22 = nn.Linear(hidden_dim, z_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.conv(x.reshape(-1, *self.image_shape)).flatten(start_dim=1)
+        hidden = F.relu(self.fc1(features))
+        return self.fc21(hidden), SCALE_PARAMS[self.scale_param](self.fc22(hidden))
+
+
+class ConvDecoder(nn.Module):
+    """z -> per-pixel logits/probabilities, flattened to (..., C*H*W), mirroring ConvEncoder:
+    dense layers fc1 (hidden_dim) and fc2 (the smallest feature map), then stride-2 transposed
+    convolutions back to exactly (C, H, W). Same API as Decoder: ``logits(z)``, ``forward(z)``
+    (sigmoid means) and, when asked for, the learned ``log_scale`` of a Gaussian likelihood.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, ...],
+        z_dim: int,
+        hidden_dim: int,
+        channels: Sequence[int] = (32, 64, 128),
+        learn_scale: bool = False,
+    ) -> None:
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.z_dim = z_dim
+        channels = _channels(channels)
+        c, h, w = self.image_shape
+        sizes = conv_feature_sizes(h, w, len(channels))
+        self.feature_shape = (channels[-1], *sizes[-1])
+        self.fc1 = nn.Linear(z_dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, math.prod(self.feature_shape))
+        layers: list[nn.Module] = []
+        outs = (*channels[-2::-1], c)  # channels reversed, then the image's
+        targets = sizes[-2::-1]  # the sizes to restore, largest last
+        for c_in, c_out, (th, tw) in zip(channels[::-1], outs, targets, strict=True):
+            ih, iw = th // 2, tw // 2
+            pad = (th - 2 * ih, tw - 2 * iw)  # 0 or 1: back to odd sizes
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, output_padding=pad), nn.ReLU()]
+        self.deconv = nn.Sequential(*layers[:-1])  # no ReLU on the logits
+        if learn_scale:
+            self.log_scale = nn.Parameter(torch.zeros(()))
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        lead = z.shape[:-1]  # batch, or (particles, batch)
+        hidden = F.relu(self.fc2(F.relu(self.fc1(z.reshape(-1, self.z_dim)))))
+        out = self.deconv(hidden.view(-1, *self.feature_shape))
+        return out.reshape(*lead, math.prod(self.image_shape))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(z))

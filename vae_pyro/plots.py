@@ -89,10 +89,16 @@ def _panels(panels: Sequence[tuple[torch.Tensor, str]], path: Path, scale: int =
 
 
 def posterior_samples(
-    inputs: torch.Tensor, means: torch.Tensor, samples: torch.Tensor, path: Path, scale: int = 1
+    inputs: torch.Tensor,
+    means: torch.Tensor,
+    samples: torch.Tensor,
+    path: Path,
+    scale: int = 1,
+    noun: str = "Bernoulli",
 ) -> Path:
-    """Per row, an input beside decoder means of draws z ~ q(z|x) (left) and a Bernoulli
-    sample of each (right): how much the posterior's uncertainty shows in pixel space.
+    """Per row, an input beside decoder means of draws z ~ q(z|x) (left) and a sample of p(x|z)
+    of each (right; `noun` names the likelihood): how much the posterior's uncertainty shows in
+    pixel space.
 
     inputs (n, C, H, W); means and samples (n, k, C, H, W).
     """
@@ -101,7 +107,7 @@ def posterior_samples(
     return _panels(
         [
             (rows_grid(torch.cat([first, means], 1)), f"input | decoder means, {k} z ~ q(z|x)"),
-            (rows_grid(torch.cat([first, samples], 1)), "input | a Bernoulli sample of each"),
+            (rows_grid(torch.cat([first, samples], 1)), f"input | a {noun} sample of each"),
         ],
         path,
         scale,
@@ -114,11 +120,12 @@ def prior_samples(
     samples: torch.Tensor | None = None,
     nrow: int = 8,
     scale: int = 1,
+    noun: str = "Bernoulli",
 ) -> Path:
-    """Decoder means of z ~ N(0, I), and optionally a Bernoulli sample of each beside them."""
+    """Decoder means of z ~ N(0, I), and optionally a sample of p(x|z) of each beside them."""
     panels = [(image_grid(means, nrow), "decoder means, z ~ N(0, I)")]
     if samples is not None:
-        panels.append((image_grid(samples, nrow), "a Bernoulli sample of each"))
+        panels.append((image_grid(samples, nrow), f"a {noun} sample of each"))
     return _panels(panels, path, scale)
 
 

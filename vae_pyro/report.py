@@ -28,6 +28,8 @@ from vae_pyro.errors import VaePyroError
 COLUMNS = [
     "job",
     "overrides",
+    "data",
+    "arch",
     "z_dim",
     "hidden_dim",
     "lr",
@@ -71,6 +73,8 @@ def read_job(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
     row: dict[str, Any] = {
         "job": job_dir.relative_to(sweep_dir).as_posix(),
         "overrides": [str(o) for o in overrides],
+        "data": OmegaConf.select(cfg, "data.name", default=None),
+        "arch": OmegaConf.select(cfg, "model.arch", default="mlp"),  # runs before model.arch
         "z_dim": OmegaConf.select(cfg, "model.z_dim", default=None),
         "hidden_dim": OmegaConf.select(cfg, "model.hidden_dim", default=None),
         "lr": OmegaConf.select(cfg, "optim.lr", default=None),

@@ -16,8 +16,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vae_pyro import plots
-from vae_pyro.checkpoint import load_vae
-from vae_pyro.data import Split, load_data
+from vae_pyro.checkpoint import check_image_shape, load_vae
+from vae_pyro.data import Split, load_data_config
 from vae_pyro.errors import VaePyroError
 from vae_pyro.model import VAE
 from vae_pyro.train import CONF_DIR, _one_per_class, resolve_device
@@ -25,23 +25,40 @@ from vae_pyro.train import CONF_DIR, _one_per_class, resolve_device
 CHECKPOINT = "checkpoint.pt"
 
 
+# What the figures call one draw of p(x | z), per model.likelihood.
+SAMPLE_NOUNS = {
+    "bernoulli": "Bernoulli",
+    "continuous_bernoulli": "continuous Bernoulli",
+    "gaussian": "Gaussian",
+}
+
+
+@torch.no_grad()
+def _means_and_draws(vae: VAE, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of p(x | z) and one draw of it, shaped (*z.shape[:-1], C, H, W). The likelihood's
+    own mean: the decoder's sigmoid is the mean for Bernoulli and Gaussian pixels, not for the
+    continuous Bernoulli."""
+    likelihood = vae.likelihood(z)
+    shape = (*z.shape[:-1], *vae.image_shape)
+    return likelihood.mean.reshape(shape), likelihood.sample().reshape(shape)
+
+
 @torch.no_grad()
 def posterior_draws(vae: VAE, x: torch.Tensor, num_samples: int) -> tuple[torch.Tensor, ...]:
-    """Decoder means of `num_samples` draws z ~ q(z|x) per image, and a Bernoulli sample of each.
+    """Means of p(x|z) at `num_samples` draws z ~ q(z|x) per image, and one draw of each.
 
     Both are (n, num_samples, C, H, W): the spread shows the posterior's uncertainty in pixels.
     """
     z_loc, z_scale = vae.encoder(x)
     z = dist.Normal(z_loc, z_scale).sample((num_samples,)).transpose(0, 1)  # (n, k, z_dim)
-    means = vae.decoder(z.reshape(-1, vae.z_dim)).reshape(*z.shape[:2], *vae.image_shape)
-    return means, dist.Bernoulli(means).sample()
+    return _means_and_draws(vae, z)
 
 
 @torch.no_grad()
 def prior_draws(vae: VAE, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decoder means of n draws z ~ N(0, I) and a Bernoulli sample of each, (n, C, H, W)."""
-    means = vae.sample_prior(n)
-    return means, dist.Bernoulli(means).sample()
+    """Means of p(x|z) at n draws z ~ N(0, I) and one draw of each, (n, C, H, W)."""
+    device = next(vae.parameters()).device
+    return _means_and_draws(vae, torch.randn(n, vae.z_dim, device=device))
 
 
 @torch.no_grad()
@@ -54,7 +71,7 @@ def interpolate(vae: VAE, x_a: torch.Tensor, x_b: torch.Tensor, steps: int) -> t
     z_a, z_b = vae.encoder(x_a)[0], vae.encoder(x_b)[0]
     t = torch.linspace(0, 1, steps, device=z_a.device).view(1, steps, 1)
     z = (1 - t) * z_a.unsqueeze(1) + t * z_b.unsqueeze(1)
-    return vae.decoder(z.reshape(-1, vae.z_dim)).reshape(x_a.shape[0], steps, *vae.image_shape)
+    return vae.likelihood(z).mean.reshape(x_a.shape[0], steps, *vae.image_shape)
 
 
 @torch.no_grad()
@@ -89,7 +106,7 @@ def manifold(vae: VAE, steps: int, quantile: float = 0.05) -> tuple[torch.Tensor
     values = torch.distributions.Normal(0.0, 1.0).icdf(q).to(device)
     z1, z2 = torch.meshgrid(values, values.flip(0), indexing="xy")
     z = torch.stack([z1, z2], dim=-1).reshape(-1, 2)
-    images = vae.decoder(z).reshape(steps, steps, *vae.image_shape)
+    images = vae.likelihood(z).mean.reshape(steps, steps, *vae.image_shape)
     return images, float(values[-1])
 
 
@@ -138,19 +155,14 @@ def _test_split(ckpt: dict, path: Path, device: torch.device) -> Split:
     """The test split of the data the run was trained on, checked against the checkpoint."""
     try:
         data_cfg = ckpt["config"]["data"]
-        name, root = data_cfg["name"], data_cfg["root"]
+        name = data_cfg["name"]
     except (KeyError, TypeError):
-        raise VaePyroError(f"checkpoint {path} has no data config (data.name, data.root)") from None
+        raise VaePyroError(f"checkpoint {path} has no data config (data.name, ...)") from None
     # The test images the model was evaluated on: binarized too if the run trained on binarized
     # data (older checkpoints have no data.binarize). Only the test split is used: subset=1 keeps
     # the unused training split small.
-    extra = {"binarize": data_cfg["binarize"]} if "binarize" in data_cfg else {}
-    data = load_data(name, root, subset=1, device=device, **extra)
-    if tuple(data.image_shape) != tuple(ckpt["image_shape"]):
-        raise VaePyroError(
-            f"checkpoint {path} was trained on images of shape {tuple(ckpt['image_shape'])}, "
-            f"but data.name={name} now gives {tuple(data.image_shape)}"
-        )
+    data = load_data_config(data_cfg, device, subset=1)
+    check_image_shape(path, ckpt["image_shape"], data.image_shape, f"data.name={name} now gives")
     return data.test
 
 
@@ -193,7 +205,10 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     x = test.x[indices]
     pyro.set_rng_seed(seed)
     means, draws = posterior_draws(vae, x, cfg.num_samples)
-    written["posterior"] = plots.posterior_samples(x, means, draws, out / "posterior.png", scale)
+    noun = SAMPLE_NOUNS.get(vae.likelihood_name, vae.likelihood_name)
+    written["posterior"] = plots.posterior_samples(
+        x, means, draws, out / "posterior.png", scale, noun
+    )
 
     pyro.set_rng_seed(seed)
     means, draws = prior_draws(vae, cfg.prior.num)
@@ -203,6 +218,7 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
         draws if cfg.prior.bernoulli else None,
         nrow=cfg.prior.nrow,
         scale=scale,
+        noun=noun,
     )
 
     a, b = (test.x[[p[i] for p in pairs]] for i in (0, 1))

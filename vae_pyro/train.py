@@ -29,10 +29,10 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from vae_pyro import checkpoint, plots
-from vae_pyro.data import BINARIZATIONS, load_data
+from vae_pyro.data import BINARIZATIONS, SOURCES, load_data_config
 from vae_pyro.errors import TrainingInterrupted, VaePyroError
 from vae_pyro.evaluate import negative_elbo
-from vae_pyro.model import LIKELIHOODS, VAE, build_vae, kl_scale
+from vae_pyro.model import ARCHS, LIKELIHOODS, VAE, build_vae, kl_scale
 from vae_pyro.networks import SCALE_PARAMS
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,24 @@ def _check_options(cfg: DictConfig) -> None:
     _positive_int(OmegaConf.select(cfg, "elbo.num_particles", default=1), "elbo.num_particles")
 
 
+def _check_source_and_arch(cfg: DictConfig) -> None:
+    """The dataset and network choices of issue 8 (sizes that depend on the images are checked
+    when the networks are built, right after the data are read)."""
+    for key, choices, default in (("data.name", SOURCES, None), ("model.arch", ARCHS, "mlp")):
+        value = OmegaConf.select(cfg, key, default=default)
+        if value not in choices:
+            raise VaePyroError(f"unknown {key}={value!r}; choose one of {', '.join(choices)}")
+    size = OmegaConf.select(cfg, "data.image_size", default=None)
+    if size is not None:
+        _positive_int(size, "data.image_size")
+    if OmegaConf.select(cfg, "model.arch", default="mlp") == "conv":
+        channels = OmegaConf.select(cfg, "model.channels", default=None)
+        if not OmegaConf.is_list(channels) or len(channels) == 0:
+            raise VaePyroError(f"model.channels must be a non-empty list, got {channels!r}")
+        for c in channels:
+            _positive_int(c, "each of model.channels")
+
+
 def validate(cfg: DictConfig) -> torch.device:
     """Check every value before any work starts; returns the training device."""
     for key in (
@@ -107,6 +125,7 @@ def validate(cfg: DictConfig) -> torch.device:
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise VaePyroError(f"seed must be an integer, got {cfg.seed!r}")
     _check_options(cfg)
+    _check_source_and_arch(cfg)
     if not isinstance(cfg.trainer.resume, bool):
         raise VaePyroError(f"trainer.resume must be true or false, got {cfg.trainer.resume!r}")
     if cfg.trainer.resume_from is not None and not isinstance(cfg.trainer.resume_from, str):
@@ -218,7 +237,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
 
     pyro.clear_param_store()  # sweep jobs share one process: start each from nothing
     pyro.set_rng_seed(cfg.seed)
-    data = load_data(cfg.data.name, cfg.data.root, cfg.data.subset, device, cfg.data.binarize)
+    data = load_data_config(cfg.data, device)
     source = _resume_source(cfg, run_dir)
     vae = build_vae(data.image_shape, cfg.model).to(device)
     optimizer, svi = build_svi(cfg, vae)
