@@ -8,6 +8,8 @@ CIFAR-10 copies are used when the shared data folder is there (skipped with the 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from urllib.error import URLError
 
@@ -315,4 +317,18 @@ def test_datasets_module_is_torchvision():
         datasets.MNIST,
         datasets.FashionMNIST,
         datasets.CIFAR10,
+    ]
+
+
+def test_cli_bad_npz_is_one_line_and_exit_code_2(tmp_path):
+    """The README's promise for every source: one error line on stderr, exit code 2."""
+    path = make_npz(tmp_path / "bad.npz", (8, 8), y_test=None)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "vae_pyro.train", "data=npz", f"data.path={path}",
+            f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    result = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"vae_pyro.train: error: {path} has no y_test: an npz dataset needs the arrays x_train, "
+        "y_train, x_test, y_test (this file has x_test, x_train, y_train)"
     ]
