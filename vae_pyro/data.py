@@ -384,3 +384,33 @@ def load_data_config(
 def minibatches(n: int, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
     """Index tensors covering a fresh random permutation of range(n); the last may be short."""
     return iter(torch.randperm(n, device=device).split(batch_size))
+
+
+def resolve_device(spec: object, key: str = "trainer.device") -> torch.device:
+    """auto -> cuda when available, else cpu; cpu, cuda and cuda:N as asked, if they exist.
+
+    `key` is the config key the errors name (trainer.device, or device for sample/evaluate).
+    """
+    spec = str(spec).strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise VaePyroError(
+                f"{key}={spec} but CUDA is not available on this machine; "
+                "use {key}=cpu or {key}=auto"
+            )
+        index = int(spec[5:]) if ":" in spec else 0
+        if index >= torch.cuda.device_count():
+            raise VaePyroError(
+                f"{key}={spec} but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+        return torch.device(spec)
+    raise VaePyroError(f"unknown {key}={spec!r}; use auto, cpu, cuda or cuda:N")
+
+
+def one_per_class(y: torch.Tensor, n: int = 10) -> torch.Tensor:
+    """Index of the first test image of each of the first n classes (fixed, readable figures)."""
+    return torch.stack([(y == c).nonzero()[0, 0] for c in y.unique()[:n]])

@@ -32,7 +32,7 @@ from pyro.infer import Trace_ELBO
 from tqdm import tqdm
 
 from vae_pyro.checkpoint import load_vae
-from vae_pyro.data import load_data_config
+from vae_pyro.data import load_data_config, resolve_device
 from vae_pyro.errors import VaePyroError
 from vae_pyro.model import VAE
 from vae_pyro.networks import Decoder
@@ -181,8 +181,6 @@ def _write_json(path: Path, record: dict[str, Any]) -> None:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate a run's checkpoint on its test set; write and return the record."""
-    from vae_pyro.train import resolve_device  # here: train imports this module
-
     if OmegaConf.is_missing(cfg, "run_dir"):
         raise VaePyroError("run_dir is required: python -m vae_pyro.evaluate run_dir=outputs/<run>")
     num_particles = _positive_int(cfg, "num_particles")
@@ -191,10 +189,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         _positive_int(cfg, "num_images")
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise VaePyroError(f"seed must be an integer, got {cfg.seed!r}")
-    try:
-        device = resolve_device(cfg.device)
-    except VaePyroError as err:  # resolve_device names the training key
-        raise VaePyroError(str(err).replace("trainer.device", "device")) from None
+    device = resolve_device(cfg.device, key="device")
     run_dir = Path(cfg.run_dir).expanduser()
     if not run_dir.is_dir():
         raise VaePyroError(f"run directory not found: {run_dir} (run_dir= names a training run)")

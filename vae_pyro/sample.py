@@ -17,10 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_pyro import plots
 from vae_pyro.checkpoint import check_image_shape, load_vae
-from vae_pyro.data import Split, load_data_config
+from vae_pyro.data import Split, load_data_config, one_per_class, resolve_device
 from vae_pyro.errors import VaePyroError
 from vae_pyro.model import VAE
-from vae_pyro.train import CONF_DIR, _one_per_class, resolve_device
+from vae_pyro.train import CONF_DIR
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -145,10 +145,7 @@ def validate(cfg: DictConfig) -> torch.device:
     _int(cfg.scale, "scale", 1)
     if not isinstance(cfg.prior.bernoulli, bool):
         raise VaePyroError(f"prior.bernoulli must be true or false, got {cfg.prior.bernoulli!r}")
-    try:
-        return resolve_device(cfg.device)
-    except VaePyroError as err:  # train.resolve_device names the training key
-        raise VaePyroError(str(err).replace("trainer.device", "device")) from None
+    return resolve_device(cfg.device, key="device")
 
 
 def _test_split(ckpt: dict, path: Path, device: torch.device) -> Split:
@@ -185,7 +182,7 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     vae, ckpt = load_vae(ckpt_path, device)
     test = _test_split(ckpt, ckpt_path, device)
     if cfg.indices is None:
-        indices = _one_per_class(test.y).tolist()
+        indices = one_per_class(test.y).tolist()
     else:
         indices = _index_list(cfg.indices, "indices", len(test))
     if cfg.interpolation.pairs is None:

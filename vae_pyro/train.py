@@ -29,7 +29,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from vae_pyro import checkpoint, plots
-from vae_pyro.data import BINARIZATIONS, SOURCES, load_data_config
+from vae_pyro.data import BINARIZATIONS, SOURCES, load_data_config, one_per_class, resolve_device
 from vae_pyro.errors import TrainingInterrupted, VaePyroError
 from vae_pyro.evaluate import negative_elbo
 from vae_pyro.model import ARCHS, LIKELIHOODS, VAE, build_vae, kl_scale
@@ -43,28 +43,6 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 def _positive_int(value: object, key: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise VaePyroError(f"{key} must be a positive integer, got {value!r}")
-
-
-def resolve_device(spec: object) -> torch.device:
-    """auto -> cuda when available, else cpu; cpu, cuda and cuda:N as asked, if they exist."""
-    spec = str(spec).strip().lower()
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec == "cpu":
-        return torch.device("cpu")
-    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise VaePyroError(
-                f"trainer.device={spec} but CUDA is not available on this machine; "
-                "use trainer.device=cpu or trainer.device=auto"
-            )
-        index = int(spec[5:]) if ":" in spec else 0
-        if index >= torch.cuda.device_count():
-            raise VaePyroError(
-                f"trainer.device={spec} but only {torch.cuda.device_count()} CUDA device(s) exist"
-            )
-        return torch.device(spec)
-    raise VaePyroError(f"unknown trainer.device={spec!r}; use auto, cpu, cuda or cuda:N")
 
 
 def _check_options(cfg: DictConfig) -> None:
@@ -209,11 +187,6 @@ def _write_jsonl(path: Path, records: list[dict], mode: str = "a") -> None:
         f.writelines(json.dumps(r) + "\n" for r in records)
 
 
-def _one_per_class(y: torch.Tensor, n: int = 10) -> torch.Tensor:
-    """Index of the first test image of each of the first n classes (fixed, readable figures)."""
-    return torch.stack([(y == c).nonzero()[0, 0] for c in y.unique()[:n]])
-
-
 def build_svi(cfg: DictConfig, vae: VAE) -> tuple[PyroOptim, SVI]:
     """The optimizer and SVI object exactly as training uses them (the benchmark times these)."""
     optimizer = instantiate(cfg.optim.optimizer)
@@ -354,7 +327,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
 
     figures = run_dir / "figures"
     plots.loss_curves(history, figures / "loss.png")
-    shown = data.test.x[_one_per_class(data.test.y)]
+    shown = data.test.x[one_per_class(data.test.y)]
     plots.reconstructions(shown, vae.reconstruct(shown), figures / "reconstructions.png")
     final = history[-1]["test_loss"]
     log.info("final test loss %.2f nats per image; artifacts in %s", final, run_dir)
