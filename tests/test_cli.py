@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from vae_pyro.train import CONF_DIR
+from vae_pyro.errors import VaePyroError
+from vae_pyro.train import CONF_DIR, train
 
 README = (CONF_DIR.parent / "README.md").read_text()
 
@@ -63,10 +64,20 @@ if not torch.cuda.is_available():
     BAD.append(("trainer.device=cuda", "CUDA is not available"))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("override", "message"), BAD, ids=[b[0] for b in BAD])
-def test_bad_input_is_one_clear_error(cli_run, override, message):
-    """Fails before training, exits non-zero, and leaves an earlier run in the same dir intact."""
+def test_bad_input_is_one_clear_error(make_cfg, cli_run, override, message):
+    """Fails before any work and leaves an earlier run in the same dir intact."""
+    _, run_dir = cli_run
+    before = {p: (run_dir / p).read_bytes() for p in ("checkpoint.pt", "metrics.jsonl")}
+    with pytest.raises(VaePyroError) as err:
+        train(make_cfg("+experiment=z50", override), run_dir)
+    assert message in str(err.value)
+    assert before == {p: (run_dir / p).read_bytes() for p in before}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("override", "message"), [BAD[0], BAD[-1]], ids=[BAD[0][0], BAD[-1][0]])
+def test_bad_input_from_the_command_line_is_one_line_and_exit_2(cli_run, override, message):
     _, run_dir = cli_run
     before = {p: (run_dir / p).read_bytes() for p in ("checkpoint.pt", "metrics.jsonl")}
     proc = _run(

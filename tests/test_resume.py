@@ -184,8 +184,13 @@ def good_checkpoint(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("damage", sorted(DAMAGE))
-@pytest.mark.parametrize("command", LOADERS, ids=[c[0] for c in LOADERS])
+@pytest.mark.parametrize(
+    ("command", "damage"),
+    # each loader with one kind of damage (a subprocess costs seconds); every kind of damage
+    # against checkpoint.load itself is in test_train.py
+    list(zip(LOADERS, sorted(DAMAGE), strict=True)),
+    ids=[f"{c[0]}-{d}" for c, d in zip(LOADERS, sorted(DAMAGE), strict=True)],
+)
 def test_damaged_checkpoint_is_one_clear_error_for_every_loader(
     good_checkpoint, tmp_path, command, damage
 ):
