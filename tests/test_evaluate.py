@@ -116,6 +116,20 @@ def test_log_weights_equal_pyro_trace_log_joint_minus_guide(likelihood, binary):
     torch.testing.assert_close(got, torch.stack(expected).detach(), rtol=1e-5, atol=1e-3)
 
 
+def test_log_weights_of_a_conv_vae_equal_pyro_traces():
+    """The fast Bernoulli path reads MLP layers; other decoders take the general path."""
+    vae = VAE((1, 28, 28), z_dim=5, hidden_dim=16, arch="conv", channels=(4, 8))
+    x = torch.bernoulli(torch.rand(3, 1, 28, 28))
+    guide_tr = poutine.trace(vae.guide).get_trace(x)
+    model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
+    model_tr.compute_log_prob()
+    guide_tr.compute_log_prob()
+    expected = sum(model_tr.nodes[s]["log_prob"] for s in ("latent", "obs"))
+    expected = expected - guide_tr.nodes["latent"]["log_prob"]
+    got = log_weights(vae, x, guide_tr.nodes["latent"]["value"][None])
+    torch.testing.assert_close(got[0], expected.detach(), rtol=1e-5, atol=1e-3)
+
+
 def test_chunking_respects_the_memory_bound_and_not_the_result(monkeypatch):
     lg = LinearGaussian()
     x = lg.marginal().sample((30,))
