@@ -14,7 +14,7 @@ import io
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -379,11 +379,6 @@ def load_data_config(
         data_cfg.get("path"),
         data_cfg.get("image_size"),
     )
-
-
-def minibatches(n: int, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
-    """Index tensors covering a fresh random permutation of range(n); the last may be short."""
-    return iter(torch.randperm(n, device=device).split(batch_size))
 
 
 def resolve_device(spec: object, key: str = "trainer.device") -> torch.device:

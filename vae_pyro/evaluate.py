@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from vae_pyro.checkpoint import load_vae
 from vae_pyro.data import load_data_config, resolve_device
-from vae_pyro.errors import VaePyroError
+from vae_pyro.errors import VaePyroError, positive_int
 from vae_pyro.model import VAE
 from vae_pyro.networks import Decoder
 
@@ -163,13 +163,6 @@ def summarize(stats: dict[str, torch.Tensor], num_particles: int) -> dict[str, f
     }
 
 
-def _positive_int(cfg: DictConfig, key: str) -> int:
-    value = OmegaConf.select(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise VaePyroError(f"{key} must be a positive integer, got {value!r}")
-    return value
-
-
 def _write_json(path: Path, record: dict[str, Any]) -> None:
     """Temp file + rename: an interrupted write never leaves half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -183,10 +176,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate a run's checkpoint on its test set; write and return the record."""
     if OmegaConf.is_missing(cfg, "run_dir"):
         raise VaePyroError("run_dir is required: python -m vae_pyro.evaluate run_dir=outputs/<run>")
-    num_particles = _positive_int(cfg, "num_particles")
-    max_batch_elements = _positive_int(cfg, "max_batch_elements")
+    num_particles = positive_int(cfg.num_particles, "num_particles")
+    max_batch_elements = positive_int(cfg.max_batch_elements, "max_batch_elements")
     if cfg.num_images is not None:
-        _positive_int(cfg, "num_images")
+        positive_int(cfg.num_images, "num_images")
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise VaePyroError(f"seed must be an integer, got {cfg.seed!r}")
     device = resolve_device(cfg.device, key="device")

@@ -21,6 +21,11 @@ SCALE_PARAMS = {
 }
 
 
+def _check_scale_param(scale_param: str) -> None:
+    if scale_param not in SCALE_PARAMS:
+        raise ValueError(f"scale_param must be one of {sorted(SCALE_PARAMS)}")
+
+
 class Encoder(nn.Module):
     """x -> (loc, scale) of the diagonal Normal q(z | x)."""
 
@@ -28,8 +33,7 @@ class Encoder(nn.Module):
         self, image_shape: tuple[int, ...], z_dim: int, hidden_dim: int, scale_param: str = "exp"
     ) -> None:
         super().__init__()
-        if scale_param not in SCALE_PARAMS:
-            raise ValueError(f"scale_param must be one of {sorted(SCALE_PARAMS)}")
+        _check_scale_param(scale_param)
         self.image_shape = tuple(image_shape)
         self.scale_param = scale_param
         in_dim = math.prod(self.image_shape)
@@ -113,8 +117,7 @@ class ConvEncoder(nn.Module):
         scale_param: str = "exp",
     ) -> None:
         super().__init__()
-        if scale_param not in SCALE_PARAMS:
-            raise ValueError(f"scale_param must be one of {sorted(SCALE_PARAMS)}")
+        _check_scale_param(scale_param)
         self.image_shape = tuple(image_shape)
         self.scale_param = scale_param
         channels = _channels(channels)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from vae_pyro import checkpoint, plots
 from vae_pyro.data import BINARIZATIONS, SOURCES, load_data_config, one_per_class, resolve_device
-from vae_pyro.errors import TrainingInterrupted, VaePyroError
+from vae_pyro.errors import TrainingInterrupted, VaePyroError, positive_int
 from vae_pyro.evaluate import negative_elbo
 from vae_pyro.model import ARCHS, LIKELIHOODS, VAE, build_vae, kl_scale
 from vae_pyro.networks import SCALE_PARAMS
@@ -38,11 +38,6 @@ from vae_pyro.networks import SCALE_PARAMS
 log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-
-def _positive_int(value: object, key: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise VaePyroError(f"{key} must be a positive integer, got {value!r}")
 
 
 def _check_options(cfg: DictConfig) -> None:
@@ -61,7 +56,7 @@ def _check_options(cfg: DictConfig) -> None:
     warmup = cfg.model.kl_warmup_epochs
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise VaePyroError(f"model.kl_warmup_epochs must be an integer >= 0, got {warmup!r}")
-    _positive_int(OmegaConf.select(cfg, "elbo.num_particles", default=1), "elbo.num_particles")
+    positive_int(OmegaConf.select(cfg, "elbo.num_particles", default=1), "elbo.num_particles")
 
 
 def _check_source_and_arch(cfg: DictConfig) -> None:
@@ -73,13 +68,13 @@ def _check_source_and_arch(cfg: DictConfig) -> None:
             raise VaePyroError(f"unknown {key}={value!r}; choose one of {', '.join(choices)}")
     size = OmegaConf.select(cfg, "data.image_size", default=None)
     if size is not None:
-        _positive_int(size, "data.image_size")
+        positive_int(size, "data.image_size")
     if OmegaConf.select(cfg, "model.arch", default="mlp") == "conv":
         channels = OmegaConf.select(cfg, "model.channels", default=None)
         if not OmegaConf.is_list(channels) or len(channels) == 0:
             raise VaePyroError(f"model.channels must be a non-empty list, got {channels!r}")
         for c in channels:
-            _positive_int(c, "each of model.channels")
+            positive_int(c, "each of model.channels")
 
 
 def validate(cfg: DictConfig) -> torch.device:
@@ -93,10 +88,10 @@ def validate(cfg: DictConfig) -> torch.device:
         "trainer.eval_batch_size",
         "trainer.checkpoint_every",
     ):
-        _positive_int(OmegaConf.select(cfg, key), key)
+        positive_int(OmegaConf.select(cfg, key), key)
     subset = cfg.data.subset
     if subset is not None:
-        _positive_int(subset, "data.subset")
+        positive_int(subset, "data.subset")
     lr = cfg.optim.lr
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise VaePyroError(f"optim.lr must be a positive number, got {lr!r}")
