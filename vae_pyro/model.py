@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import pyro
@@ -19,9 +20,12 @@ ARCHS = ("mlp", "conv")  # model.arch: the encoder/decoder pair (networks.py)
 DEFAULT_CHANNELS = (32, 64, 128)  # conv: feature maps after each stride-2 convolution
 
 
-def _kl_weighted(kl_scale: float) -> poutine.messenger.Messenger:
+def _kl_weighted(kl_scale: float) -> AbstractContextManager:
     """Weight of the latent site's log-densities: poutine.scale demands > 0, so 0 is a mask
-    (which zeroes the site's terms in every ELBO, the analytic KL included)."""
+    (which zeroes the site's terms in every ELBO, the analytic KL included); 1, the plain
+    ELBO, needs no handler at all."""
+    if kl_scale == 1:
+        return nullcontext()
     return poutine.mask(mask=False) if kl_scale == 0 else poutine.scale(scale=kl_scale)
 
 
