@@ -19,11 +19,12 @@ import time
 import pyro
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from pyro.infer import SVI
+from pyro.infer import SVI, Trace_ELBO
 
+from vae_pyro.cli import CONF_DIR
 from vae_pyro.data import load_data
 from vae_pyro.model import build_vae
-from vae_pyro.train import CONF_DIR, build_svi, svi_step
+from vae_pyro.train import build_svi, svi_step
 
 
 def config(*overrides: str):
@@ -32,9 +33,11 @@ def config(*overrides: str):
 
 
 def _pyro_svi(cfg, x) -> SVI:
-    """SVI as the first version of train.build_svi built it: optimizer and ELBO as configured."""
+    """SVI as the first version of train.build_svi built it: the configured optimizer and a
+    Trace_ELBO with a particle plate around its single particle."""
     vae = build_vae(tuple(x.shape[1:]), cfg.model)
-    return SVI(vae.model, vae.guide, instantiate(cfg.optim.optimizer), instantiate(cfg.elbo))
+    elbo = Trace_ELBO(num_particles=1, vectorize_particles=True, max_plate_nesting=1)
+    return SVI(vae.model, vae.guide, instantiate(cfg.optim.optimizer), elbo)
 
 
 def main(repeats: int = 9, steps: int = 30, batch: int = 256) -> None:

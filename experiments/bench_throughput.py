@@ -28,9 +28,11 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from vae_pyro.data import load_data, resolve_device
+from vae_pyro.cli import CONF_DIR
+from vae_pyro.config import resolve_device
+from vae_pyro.data import load_data
 from vae_pyro.model import VAE, build_vae
-from vae_pyro.train import CONF_DIR, build_svi, svi_step, train
+from vae_pyro.train import build_svi, svi_step, train
 
 
 def z50_config(*overrides: str):

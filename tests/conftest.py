@@ -8,8 +8,8 @@ import pyro
 import pytest
 from hydra import compose, initialize_config_dir
 
+from vae_pyro.cli import CONF_DIR
 from vae_pyro.data import load_data
-from vae_pyro.train import CONF_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -20,6 +20,7 @@ from pyro.optim import Adam
 from test_datasets import CIFAR_NPZ, FASHION_RAW, SHARED
 
 from vae_pyro import checkpoint
+from vae_pyro.cli import CONF_DIR
 from vae_pyro.data import load_data
 from vae_pyro.errors import VaePyroError
 from vae_pyro.evaluate import evaluate, negative_elbo
@@ -27,7 +28,7 @@ from vae_pyro.model import build_vae
 from vae_pyro.networks import ConvDecoder, ConvEncoder, conv_feature_sizes
 from vae_pyro.report import write_report
 from vae_pyro.sample import sample
-from vae_pyro.train import CONF_DIR, train
+from vae_pyro.train import train
 
 CONV = {"arch": "conv", "z_dim": 6, "hidden_dim": 32, "channels": [8, 16, 16]}
 
@@ -84,7 +85,7 @@ def test_old_configs_build_the_mlp_and_bad_sizes_are_clear():
     assert vae.decoder.fc21.out_features == 784
     with pytest.raises(VaePyroError, match="images of 6x6 pixels are too small for 3 stride-2"):
         build_vae((1, 6, 6), CONV)
-    with pytest.raises(VaePyroError, match="arch must be one of"):
+    with pytest.raises(VaePyroError, match=r"arch: Invalid value 'resnet', expected one of \[mlp"):
         build_vae((1, 8, 8), {**CONV, "arch": "resnet"})
 
 

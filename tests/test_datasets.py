@@ -22,7 +22,6 @@ from torchvision import datasets
 from vae_pyro import data as data_module
 from vae_pyro.data import load_data, load_data_config
 from vae_pyro.errors import VaePyroError
-from vae_pyro.train import validate
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"  # the offline copies beside the repository, if any
@@ -179,8 +178,6 @@ def test_image_folder_layout_errors(tmp_path):
     (root / "test" / "cat" / "0.png").write_bytes(b"not a png")
     with pytest.raises(VaePyroError, match="cannot read image .*0.png"):
         load_data("image_folder", path=root, image_size=4)
-    with pytest.raises(VaePyroError, match="data.image_size must be a positive integer"):
-        load_data("image_folder", path=root, image_size=0)
 
 
 # --- torchvision datasets -----------------------------------------------------------------------
@@ -287,28 +284,12 @@ def test_genuine_cifar10_npz():
 # --- config -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        (["data.name=svhn"], "unknown data.name='svhn'; choose one of mnist, fashion_mnist"),
-        (["model.arch=resnet"], "unknown model.arch='resnet'; choose one of mlp, conv"),
-        (["model=conv", "model.channels=[]"], "model.channels must be a non-empty list"),
-        (["model=conv", "model.channels=[8,0]"], "each of model.channels must be a positive"),
-        (["data=image_folder", "data.image_size=-3"], "data.image_size must be a positive"),
-    ],
-)
-def test_bad_source_or_arch_stops_before_any_work(make_cfg, overrides, message):
-    with pytest.raises(VaePyroError, match=message.replace("(", r"\(").replace("[", r"\[")):
-        validate(make_cfg(*overrides))
-
-
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10", "npz", "image_folder"])
 def test_every_data_config_composes(make_cfg, name):
     cfg = make_cfg(f"data={name}")
     assert cfg.data.name == name
-    keys = {"name", "subset", "batch_size", "binarize"}
-    assert keys <= set(cfg.data) and ({"root", "path"} & set(cfg.data))
-    assert ("image_size" in cfg.data) == (name == "image_folder")
+    keys = {"name", "subset", "batch_size", "binarize", "root", "path", "image_size"}
+    assert set(cfg.data) == keys  # the schema's keys, whatever the YAML file names
 
 
 def test_datasets_module_is_torchvision():

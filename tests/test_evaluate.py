@@ -19,9 +19,10 @@ from pyro.infer import Trace_ELBO
 from torch import nn
 
 from vae_pyro import checkpoint, evaluate
+from vae_pyro.cli import CONF_DIR
 from vae_pyro.evaluate import importance_sample, log_weights, negative_elbo, summarize
 from vae_pyro.model import VAE
-from vae_pyro.train import CONF_DIR, train
+from vae_pyro.train import train
 
 
 class LinearGaussian(nn.Module):
@@ -214,10 +215,10 @@ def test_evaluate_cli_writes_eval_json(trained, tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("num_particles=0", "num_particles must be a positive integer"),
-        ("max_batch_elements=-5", "max_batch_elements must be a positive integer"),
-        ("num_images=0", "num_images must be a positive integer"),
-        ("device=tpu", "unknown device='tpu'"),
+        ("num_particles=0", "num_particles=0 is not allowed: use an integer >= 1"),
+        ("max_batch_elements=-5", "max_batch_elements=-5 is not allowed: use an integer >= 1"),
+        ("num_images=0", "num_images=0 is not allowed: use an integer >= 1"),
+        ("device=tpu", "device=tpu is not allowed: use auto, cpu, cuda or cuda:N"),
     ],
 )
 def test_bad_options_are_one_clear_error(trained, override, message, monkeypatch, capsys):

@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from vae_pyro import checkpoint, plots
+from vae_pyro.cli import CONF_DIR
 from vae_pyro.data import load_data
 from vae_pyro.errors import VaePyroError
 from vae_pyro.model import VAE
@@ -25,7 +26,7 @@ from vae_pyro.sample import (
     prior_draws,
     sample,
 )
-from vae_pyro.train import CONF_DIR, train
+from vae_pyro.train import train
 
 # One epoch on 5,000 images (~2 s each). Small networks learn enough in that time for posterior
 # draws to sit near their reconstruction; z50 x 400 would not be past the prior yet.
@@ -216,7 +217,7 @@ def _damaged(runs, tmp_path, kind: str) -> Path:
         ("missing", "run directory not found: {run}"),
         ("empty", "no checkpoint in {run}: expected {run}/checkpoint.pt"),
         ("truncated", "cannot read checkpoint {run}/checkpoint.pt: the file is truncated"),
-        ("mismatched", "checkpoint {run}/checkpoint.pt does not match the networks"),
+        ("mismatched", "checkpoint {run}/checkpoint.pt: its weights do not fit the networks"),
     ],
 )
 def test_bad_run_dir_is_one_clear_error(runs, tmp_path, kind, message):
@@ -232,11 +233,11 @@ def test_bad_run_dir_is_one_clear_error(runs, tmp_path, kind, message):
     ("overrides", "message"),
     [
         ([], "run_dir is required"),
-        (["num_samples=0"], "num_samples must be an integer >= 1, got 0"),
+        (["num_samples=0"], "num_samples=0 is not allowed: use an integer >= 1"),
         (["indices=[0,10000]"], "has 10000, which is not a test-image index"),
-        (["interpolation.pairs=[[1]]"], "interpolation.pairs must be a list of [a, b] pairs"),
-        (["manifold.quantile=0.5"], "manifold.quantile must be a number in (0, 0.5)"),
-        (["device=tpu"], "unknown device='tpu'"),
+        (["interpolation.pairs=[[1]]"], "interpolation.pairs=[[1]] is not allowed: use a list"),
+        (["manifold.quantile=0.5"], "manifold.quantile=0.5 is not allowed: use a number in (0,"),
+        (["device=tpu"], "device=tpu is not allowed: use auto, cpu, cuda or cuda:N"),
     ],
 )
 def test_bad_option_is_one_clear_error(runs, tmp_path, overrides, message):

@@ -19,7 +19,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from vae_pyro import report
-from vae_pyro.train import CONF_DIR, train
+from vae_pyro.cli import CONF_DIR
+from vae_pyro.train import train
 
 TINY = ["data.subset=256", "trainer.epochs=1", "trainer.device=cpu"]
 SWEEP_EXTRA = 'pip install -e ".[sweep]"'
@@ -136,11 +137,12 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     """The first job fails validation; the second still trains, and the report marks both."""
     sweep_dir = tmp_path / "sweep"
     proc = _sweep(sweep_dir, *TINY, "model.z_dim=2", "model.hidden_dim=-3,16")
-    assert "job failed: model.hidden_dim must be a positive integer, got -3" in proc.stdout
+    message = "model.hidden_dim=-3 is not allowed: use an integer >= 1"
+    assert f"job failed: {message}" in proc.stdout
     failed, ok = sweep_dir / "0", sweep_dir / "1"
     assert _status(failed) == {
         "status": "failed",
-        "error": "model.hidden_dim must be a positive integer, got -3",
+        "error": message,
     }
     assert not (failed / "metrics.jsonl").exists()
     assert _status(ok)["status"] == "ok" and len(_metrics(ok)) == 1
@@ -149,7 +151,7 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     printed = capsys.readouterr().out
     rows = _csv(sweep_dir)
     assert [(r["job"], r["status"]) for r in rows] == [("0", "failed"), ("1", "ok")]
-    assert rows[0]["test_loss"] == "" and "got -3" in rows[0]["error"]
+    assert rows[0]["test_loss"] == "" and "hidden_dim=-3" in rows[0]["error"]
     assert float(rows[1]["test_loss"]) == _metrics(ok)[-1]["test_loss"]
     assert "| 0 | model.hidden_dim=-3 | - | - | 0/1 | - | failed: model.hidden_dim" in printed
     assert "1 failed, 1 ok" in printed

@@ -20,7 +20,7 @@ def short_run(tmp_path_factory):
     """Two epochs on 2,000 images, test loss only after the last one."""
     from hydra import compose, initialize_config_dir
 
-    from vae_pyro.train import CONF_DIR
+    from vae_pyro.cli import CONF_DIR
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose(
@@ -104,11 +104,18 @@ def test_refuses_to_overwrite_a_finished_run(short_run, make_cfg):
     assert (run_dir / "checkpoint.pt").read_bytes() == before
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04" + b"\0" * 50])
-def test_unreadable_checkpoint_is_one_clear_error(tmp_path, content):
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "{path} is not a vae-pyro checkpoint: it is empty"),
+        (b"not a checkpoint at all", "{path} is not a vae-pyro checkpoint: it is a text file"),
+        (b"PK\x03\x04" + b"\0" * 50, "cannot read checkpoint {path}: the file is truncated"),
+    ],
+)
+def test_unreadable_checkpoint_is_one_clear_error(tmp_path, content, message):
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(content)
-    with pytest.raises(VaePyroError, match=f"cannot read checkpoint {path}"):
+    with pytest.raises(VaePyroError, match=message.format(path=path)):
         checkpoint.load(path)
 
 
@@ -117,7 +124,7 @@ def test_checkpoint_for_other_networks_is_one_clear_error(short_run, tmp_path):
     ckpt = checkpoint.load(run_dir / "checkpoint.pt")
     ckpt["config"]["model"]["hidden_dim"] = 200  # weights are 400 wide
     checkpoint.save(tmp_path / "checkpoint.pt", ckpt)
-    with pytest.raises(VaePyroError, match="does not match the networks"):
+    with pytest.raises(VaePyroError, match="its weights do not fit the networks its config"):
         checkpoint.load_vae(tmp_path / "checkpoint.pt")
 
 
@@ -126,7 +133,7 @@ def test_truncated_checkpoint_is_one_clear_error(short_run, tmp_path):
     data = (run_dir / "checkpoint.pt").read_bytes()
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(VaePyroError, match="truncated, corrupt"):
+    with pytest.raises(VaePyroError, match="the file is truncated or damaged"):
         checkpoint.load(path)
 
 

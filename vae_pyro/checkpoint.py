@@ -1,4 +1,9 @@
-"""Atomic checkpoint save/load: modules, optimizer, epoch, RNG state, metrics, resolved config."""
+"""The checkpoint: what it holds (built and read here alone), its format, the atomic write.
+
+A checkpoint is one torch.save'd dict: format, epoch, position (where an interrupted epoch
+stopped), encoder and decoder weights, optimizer state, RNG state, metrics history, image
+shape and the resolved training config. Readers get a `Checkpoint`; nothing else knows the keys.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,62 @@ import os
 import random
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from pyro.optim import PyroOptim
 
+from vae_pyro.config import DataConfig, ModelConfig, as_dict, to_object
 from vae_pyro.errors import VaePyroError
 from vae_pyro.model import VAE, build_vae
 
 FORMAT = "vae-pyro-checkpoint/1"
+# Format 1 as first released named the ELBO by its Pyro class (`elbo._target_`); it is read as
+# the `elbo.name` that replaced it.
+_ELBO_NAMES = {
+    "pyro.infer.Trace_ELBO": "trace",
+    "pyro.infer.TraceMeanField_ELBO": "meanfield",
+    "pyro.infer.JitTrace_ELBO": "jit",
+}
+
+
+@dataclass
+class Position:
+    """Where an interrupted epoch stopped: its permutation, the next step, the loss summed so
+    far and the seconds spent."""
+
+    perm: torch.Tensor
+    step: int
+    total: float
+    seconds: float
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    epoch: int  # epochs completed
+    position: Position | None
+    metrics: list[dict]
+    config: dict[str, Any]  # the resolved training config, as plain data
+    image_shape: tuple[int, ...]
+    _payload: dict[str, Any]
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return _section(self, "model", ModelConfig)
+
+    @property
+    def data_config(self) -> DataConfig:
+        return _section(self, "data", DataConfig)
+
+
+def _section(ckpt: Checkpoint, name: str, schema: type) -> Any:
+    try:
+        return to_object(ckpt.config[name], schema)
+    except (KeyError, TypeError, VaePyroError) as err:
+        raise VaePyroError(f"checkpoint {ckpt.path} has no usable {name} config ({err})") from None
 
 
 def rng_state() -> dict[str, Any]:
@@ -29,6 +81,28 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def build(
+    vae: VAE,
+    optimizer: PyroOptim,
+    config: dict[str, Any],
+    epoch: int,
+    metrics: list[dict],
+    position: Position | None = None,
+) -> dict[str, Any]:
+    """The checkpoint of a training run at this moment (RNG state included)."""
+    return {
+        "epoch": epoch,
+        "position": None if position is None else vars(position).copy(),
+        "encoder": vae.encoder.state_dict(),
+        "decoder": vae.decoder.state_dict(),
+        "optimizer": optimizer.get_state(),
+        "rng": rng_state(),
+        "metrics": list(metrics),
+        "image_shape": list(vae.image_shape),
+        "config": config,
+    }
 
 
 def save(path: str | os.PathLike, payload: dict[str, Any]) -> None:
@@ -59,38 +133,118 @@ def save(path: str | os.PathLike, payload: dict[str, Any]) -> None:
         raise
 
 
+def _not_a_checkpoint(path: Path) -> str | None:
+    """What the file is instead of a torch.save zip archive, or None if it could be one."""
+    with path.open("rb") as f:
+        head = f.read(4096)
+    if not head:
+        return "it is empty"
+    if head.startswith(b"PK"):
+        return None
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "it is not a PyTorch file (no zip archive: random or foreign bytes)"
+    return "it is a text file, not a PyTorch file"
+
+
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by `save`, or raise VaePyroError naming the file."""
+    """The raw dict of a checkpoint written by `save`, or a VaePyroError naming the file and
+    what it is instead (empty, text, foreign bytes, truncated, another format)."""
     path = Path(path)
     if not path.is_file():
         raise VaePyroError(f"checkpoint not found: {path}")
+    instead = _not_a_checkpoint(path)
+    if instead is not None:
+        raise VaePyroError(f"{path} is not a vae-pyro checkpoint: {instead}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many types for truncated/corrupt files
+    except Exception as err:  # torch raises many types for truncated/corrupt archives
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise VaePyroError(
-            f"cannot read checkpoint {path}: the file is truncated, corrupt or not a "
-            f"checkpoint ({reason})"
+            f"cannot read checkpoint {path}: the file is truncated or damaged ({reason})"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise VaePyroError(f"{path} is not a vae-pyro checkpoint (expected format {FORMAT})")
+        found = payload.get("format") if isinstance(payload, dict) else None
+        raise VaePyroError(
+            f"{path} is not a vae-pyro checkpoint: it is a PyTorch file of "
+            f"{'format ' + repr(found) if found else 'another program'} (expected {FORMAT})"
+        )
     return payload
 
 
-def load_vae(
-    path: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[VAE, dict[str, Any]]:
+def _upgrade(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved config in today's shape (see _ELBO_NAMES)."""
+    elbo = dict(config.get("elbo") or {})
+    if "_target_" in elbo:
+        name = _ELBO_NAMES.get(elbo.pop("_target_"), "trace")
+        keep = ("num_particles", "vectorize_particles")
+        config = {**config, "elbo": {"name": name, **{k: elbo[k] for k in keep if k in elbo}}}
+    return config
+
+
+def read(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """A checkpoint, any released version, as a `Checkpoint`."""
+    payload = load(path, map_location)
+    try:
+        position = payload.get("position")
+        return Checkpoint(
+            path=Path(path),
+            epoch=int(payload["epoch"]),
+            position=None if position is None else Position(**position),
+            metrics=list(payload.get("metrics", [])),
+            config=_upgrade(payload["config"]),
+            image_shape=tuple(payload["image_shape"]),
+            _payload=payload,
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise VaePyroError(f"checkpoint {path} lacks {err} (an incomplete checkpoint)") from None
+
+
+def _differences(saved: ModelConfig, current: ModelConfig) -> list[str]:
+    before, after = as_dict(saved), as_dict(current)
+    return [
+        f"checkpoint model.{k}={before[k]}, this command model.{k}={after[k]}"
+        for k in before
+        if before[k] != after[k] and k not in ModelConfig.TRAINING_ONLY
+    ]
+
+
+def restore_networks(vae: VAE, ckpt: Checkpoint) -> None:
+    """Load the encoder/decoder weights into `vae`, or one clear error if they do not fit."""
+    check_image_shape(ckpt.path, ckpt.image_shape, vae.image_shape, "this run's images are")
+    differ = _differences(ckpt.model_config, vae.cfg)
+    if differ:
+        raise VaePyroError(
+            f"checkpoint {ckpt.path} holds other networks than this command builds: "
+            f"{'; '.join(differ)}. Use the run's settings, or start a new run dir"
+        )
+    try:
+        vae.encoder.load_state_dict(ckpt._payload["encoder"])
+        vae.decoder.load_state_dict(ckpt._payload["decoder"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise VaePyroError(
+            f"checkpoint {ckpt.path}: its weights do not fit the networks its config describes "
+            f"({first.rstrip(':')})"
+        ) from None
+
+
+def restore_training(vae: VAE, optimizer: PyroOptim, ckpt: Checkpoint) -> None:
+    """Networks, optimizer state and RNG state: training continues where it stopped."""
+    restore_networks(vae, ckpt)
+    optimizer.set_state(ckpt._payload["optimizer"])
+    set_rng_state(ckpt._payload["rng"])
+
+
+def load_vae(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[VAE, Checkpoint]:
     """Rebuild the trained VAE from a checkpoint alone (its saved config sizes the networks).
 
-    Returns the VAE on `device` in eval mode and the checkpoint dict (config, metrics, ...).
-    A checkpoint whose weights do not fit the networks its config describes is one clear error.
+    Returns the VAE on `device` in eval mode and the checkpoint.
     """
-    ckpt = load(path, map_location=device)
-    try:
-        vae = build_vae(tuple(ckpt["image_shape"]), ckpt["config"]["model"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise VaePyroError(f"checkpoint {path} has no usable model config ({err!r})") from None
-    restore_networks(vae, ckpt, path)
+    ckpt = read(path, map_location=device)
+    vae = build_vae(ckpt.image_shape, ckpt.model_config)
+    restore_networks(vae, ckpt)
     return vae.to(device).eval(), ckpt
 
 
@@ -112,18 +266,3 @@ def check_image_shape(
         f"{where or 'these images are'} {given}: {what}. Use the data the run was trained on, "
         "or train a new run on these images"
     )
-
-
-def restore_networks(vae: VAE, ckpt: dict[str, Any], path: str | os.PathLike) -> None:
-    """Load the encoder/decoder weights into `vae`, or one clear error if they do not fit."""
-    if ckpt.get("image_shape") is not None:
-        check_image_shape(path, ckpt["image_shape"], vae.image_shape, "this run's images are")
-    try:
-        vae.encoder.load_state_dict(ckpt["encoder"])
-        vae.decoder.load_state_dict(ckpt["decoder"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise VaePyroError(
-            f"checkpoint {path} does not match the networks (z_dim, hidden_dim or image shape "
-            f"differ): {first}"
-        ) from None

@@ -14,7 +14,7 @@ import io
 import logging
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,9 @@ from urllib.error import URLError
 import numpy as np
 import torch
 from torchvision import datasets, transforms
+from torchvision.datasets.utils import check_integrity
 
+from vae_pyro.config import DataConfig, to_object
 from vae_pyro.errors import VaePyroError
 
 log = logging.getLogger(__name__)
@@ -48,16 +50,12 @@ TORCHVISION = {
 # (the layout of the shared offline copy: <data.root>/CIFAR10/cifar10.npz).
 CIFAR10_NPZ = "CIFAR10/cifar10.npz"
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-# Every data.name; npz and image_folder read data.path, the others data.root (cifar10 both).
-SOURCES = (*TORCHVISION, "npz", "image_folder")
-
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data"
 
 # data.binarize: none = gray levels in [0, 1] (Pyro's tutorial); dynamic = a fresh Bernoulli draw
 # of each training image every time it is used (Burda et al.'s IWAE protocol); static = one
 # fixed draw. The test images are one fixed draw under both binarized protocols, the same draw
 # for both, so their test numbers are on the same data.
-BINARIZATIONS = ("none", "dynamic", "static")
 STATIC_TRAIN_SEED = 0  # the torch.Generator seeds of the fixed draws (fixed, so runs compare)
 TEST_SEED = 1
 
@@ -125,11 +123,30 @@ def _torchvision_root(root: Path, folder: str, files: list[str]) -> Path:
     return cache
 
 
+def _check_files(cls: type, raw: Path) -> None:
+    """A damaged download (truncated, corrupt) named as such, by torchvision's own MD5 records
+    of its files, instead of torchvision's "not found" after it fails to fetch a good copy."""
+    records = getattr(cls, "resources", None) or [
+        *getattr(cls, "train_list", []),
+        *getattr(cls, "test_list", []),
+    ]
+    for filename, md5 in records:
+        file = raw / filename
+        extracted = raw / filename.removesuffix(".gz")
+        if file.is_file() and not (file != extracted and extracted.exists()):
+            if not check_integrity(str(file), md5):
+                raise VaePyroError(
+                    f"{file} is damaged: its MD5 is not that of the published file (a truncated "
+                    "or corrupt copy). Replace it with a good copy, or delete it to download it"
+                )
+
+
 def _torchvision_split(
     name: str, root: Path, train: bool, alternative: str = ""
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One split as uint8 (N, C, H, W) and labels; `alternative` ends the not-found error."""
     cls, folder, files = TORCHVISION[name]
+    _check_files(cls, root / folder)
     try:
         # download=True only fetches what is missing: with the .gz files present it just
         # extracts them, offline. Its progress chatter goes to the log, not the terminal.
@@ -298,18 +315,33 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> Split:
     return Split(x.to(device).float().div_(255.0), y.to(device).long())
 
 
-def _source_splits(name: str, root: Path, path: Path | None, image_size: int | None) -> Splits:
-    if name in ("npz", "image_folder"):
-        if path is None:
-            what = "an .npz file" if name == "npz" else "a folder holding train/ and test/"
-            raise VaePyroError(f"data={name} needs data.path=<{what}>")
-        return _npz_splits(path) if name == "npz" else _image_folder_splits(path, image_size)
-    if name == "cifar10":
-        return _cifar10_splits(root, path)
-    return (
-        *_torchvision_split(name, root, train=True),
-        *_torchvision_split(name, root, train=False),
-    )
+def _path(path: Path | None, name: str, what: str) -> Path:
+    if path is None:
+        raise VaePyroError(f"data={name} needs data.path=<{what}>")
+    return path
+
+
+def _torchvision_splits(name: str) -> Callable[[Path, Path | None, int | None], Splits]:
+    def read(root: Path, path: Path | None, image_size: int | None) -> Splits:
+        return (
+            *_torchvision_split(name, root, train=True),
+            *_torchvision_split(name, root, train=False),
+        )
+
+    return read
+
+
+# data.name -> reader of (root, path, image_size) -> the four tensors. npz and image_folder read
+# data.path, the others data.root (cifar10 both). A new source: one reader and one YAML file.
+SOURCES: dict[str, Callable[[Path, Path | None, int | None], Splits]] = {
+    "mnist": _torchvision_splits("mnist"),
+    "fashion_mnist": _torchvision_splits("fashion_mnist"),
+    "cifar10": lambda root, path, size: _cifar10_splits(root, path),
+    "npz": lambda root, path, size: _npz_splits(_path(path, "npz", "an .npz file")),
+    "image_folder": lambda root, path, size: _image_folder_splits(
+        _path(path, "image_folder", "a folder holding train/ and test/"), size
+    ),
+}
 
 
 def load_data(
@@ -325,27 +357,13 @@ def load_data(
 
     `name` is one of SOURCES: torchvision's files under `root` (null: the project's data/),
     or `path` (an npz, an image folder; cifar10 also takes an npz copy). `image_size` resizes
-    image_folder images. `binarize` is one of BINARIZATIONS; a static draw is made on the whole
+    image_folder images. `binarize` is one of config.Binarize; a static draw is made on the whole
     training set before `subset`, so a subset's images are the same as in the full run.
     """
-    if name not in SOURCES:
-        raise VaePyroError(
-            f"unknown dataset data.name={name!r}; choose one of {', '.join(SOURCES)}"
-        )
-    if binarize not in BINARIZATIONS:
-        raise VaePyroError(
-            f"unknown data.binarize={binarize!r}; choose one of {', '.join(BINARIZATIONS)}"
-        )
-    if image_size is not None and (
-        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0
-    ):
-        raise VaePyroError(
-            f"data.image_size must be a positive integer or null, got {image_size!r}"
-        )
     root = DEFAULT_ROOT if root is None else Path(root).expanduser()
     path = None if path is None else Path(path).expanduser()
     device = torch.device(device)
-    x_train, y_train, x_test, y_test = _source_splits(name, root, path, image_size)
+    x_train, y_train, x_test, y_test = SOURCES[name](root, path, image_size)
     if binarize == "static":
         x_train = _fixed_draw(x_train, STATIC_TRAIN_SEED)
     if subset is not None:
@@ -362,48 +380,25 @@ def load_data(
 
 
 def load_data_config(
-    data_cfg: Mapping[str, Any], device: torch.device | str = "cpu", subset: int | None = None
+    cfg: DataConfig | Mapping[str, Any],
+    device: torch.device | str = "cpu",
+    subset: int | None = None,
 ) -> ImageData:
     """A config's `data` section -> ImageData, the one way train, sample and evaluate read data.
 
-    Keys a source does not use may be absent (a checkpoint's config from before they existed):
-    they default to what the original MNIST loader did. `subset` overrides data.subset (the
-    loaders that need only the test split pass 1).
+    A mapping is read through the schema (its defaults fill what it lacks). `subset` overrides
+    data.subset (the loaders that need only the test split pass 1).
     """
+    cfg = to_object(cfg, DataConfig)
     return load_data(
-        data_cfg["name"],
-        data_cfg.get("root"),
-        data_cfg.get("subset") if subset is None else subset,
+        str(cfg.name),
+        cfg.root,
+        cfg.subset if subset is None else subset,
         device,
-        data_cfg.get("binarize", "none"),
-        data_cfg.get("path"),
-        data_cfg.get("image_size"),
+        str(cfg.binarize),
+        cfg.path,
+        cfg.image_size,
     )
-
-
-def resolve_device(spec: object, key: str = "trainer.device") -> torch.device:
-    """auto -> cuda when available, else cpu; cpu, cuda and cuda:N as asked, if they exist.
-
-    `key` is the config key the errors name (trainer.device, or device for sample/evaluate).
-    """
-    spec = str(spec).strip().lower()
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec == "cpu":
-        return torch.device("cpu")
-    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise VaePyroError(
-                f"{key}={spec} but CUDA is not available on this machine; "
-                "use {key}=cpu or {key}=auto"
-            )
-        index = int(spec[5:]) if ":" in spec else 0
-        if index >= torch.cuda.device_count():
-            raise VaePyroError(
-                f"{key}={spec} but only {torch.cuda.device_count()} CUDA device(s) exist"
-            )
-        return torch.device(spec)
-    raise VaePyroError(f"unknown {key}={spec!r}; use auto, cpu, cuda or cuda:N")
 
 
 def one_per_class(y: torch.Tensor, n: int = 10) -> torch.Tensor:

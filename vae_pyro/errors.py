@@ -12,9 +12,3 @@ class TrainingInterrupted(Exception):
         super().__init__(message)
         self.exit_code = 128 + signum  # the shell's convention for death by signal
 
-
-def positive_int(value: object, key: str) -> int:
-    """`value` (the config value at `key`) if it is an integer >= 1, else one clear error."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise VaePyroError(f"{key} must be a positive integer, got {value!r}")
-    return value

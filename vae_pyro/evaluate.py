@@ -16,29 +16,26 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pyro.infer import Trace_ELBO
 from tqdm import tqdm
 
+from vae_pyro import cli
 from vae_pyro.checkpoint import load_vae
-from vae_pyro.data import load_data_config, resolve_device
-from vae_pyro.errors import VaePyroError, positive_int
+from vae_pyro.config import EvaluateConfig, resolve_device, to_object
+from vae_pyro.data import load_data_config
+from vae_pyro.errors import VaePyroError
 from vae_pyro.model import VAE
 from vae_pyro.networks import Decoder
-
-# Not imported from vae_pyro.train: train imports this module (negative_elbo).
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 @torch.no_grad()
@@ -172,69 +169,57 @@ def _write_json(path: Path, record: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
+def _report(record: dict[str, Any], out: Path) -> str:
+    k = record["num_particles"]
+    mc = "" if record["nll_mc_se"] is None else f" +- {record['nll_mc_se']:.3f} (Monte Carlo)"
+    return (
+        f"{record['run_dir']}: checkpoint after epoch {record['checkpoint_epoch']}, "
+        f"{record['num_images']} test images, protocol: {record['protocol']}\n"
+        f"  -log p(x) (IW, K={k}): {record['nll']:.2f} +- {record['nll_se']:.2f} (images){mc}\n"
+        f"  -ELBO: {record['negative_elbo']:.2f} +- {record['negative_elbo_se']:.2f}   "
+        f"mean ESS {record['ess_mean']:.1f} of {k}   {record['seconds']:.1f} s\n"
+        f"  written to {out}"
+    )
+
+
+def evaluate(cfg: DictConfig | EvaluateConfig) -> dict[str, Any]:
     """Evaluate a run's checkpoint on its test set; write and return the record."""
-    if OmegaConf.is_missing(cfg, "run_dir"):
-        raise VaePyroError("run_dir is required: python -m vae_pyro.evaluate run_dir=outputs/<run>")
-    num_particles = positive_int(cfg.num_particles, "num_particles")
-    max_batch_elements = positive_int(cfg.max_batch_elements, "max_batch_elements")
-    if cfg.num_images is not None:
-        positive_int(cfg.num_images, "num_images")
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
-        raise VaePyroError(f"seed must be an integer, got {cfg.seed!r}")
+    cfg = to_object(cfg, EvaluateConfig)
     device = resolve_device(cfg.device, key="device")
     run_dir = Path(cfg.run_dir).expanduser()
     if not run_dir.is_dir():
         raise VaePyroError(f"run directory not found: {run_dir} (run_dir= names a training run)")
-
     vae, ckpt = load_vae(run_dir / "checkpoint.pt", device)
-    data_cfg = ckpt["config"]["data"]
-    binarize = data_cfg.get("binarize", "none")  # runs from before data.binarize: gray levels
     # Only the test split is used: subset=1 keeps the unused training split small.
-    data = load_data_config(data_cfg, device, subset=1)
+    data = load_data_config(ckpt.data_config, device, subset=1)
     x = data.test.x if cfg.num_images is None else data.test.x[: cfg.num_images]
 
     pyro.set_rng_seed(cfg.seed)
     start = time.perf_counter()
-    stats = importance_sample(vae, x, num_particles, max_batch_elements, progress=True)
-    seconds = time.perf_counter() - start
+    stats = importance_sample(vae, x, cfg.num_particles, cfg.max_batch_elements, progress=True)
     record: dict[str, Any] = {
         "run_dir": str(run_dir.resolve()),
-        "checkpoint_epoch": ckpt["epoch"],
-        "binarize": binarize,
+        "checkpoint_epoch": ckpt.epoch,
+        "binarize": data.binarize,
         "protocol": data.protocol,
         "likelihood": vae.likelihood_name,
         "num_images": x.shape[0],
-        "num_particles": num_particles,
+        "num_particles": cfg.num_particles,
         "units": "nats per image; nll = -(IW estimate of log p(x)), K = num_particles",
-        **summarize(stats, num_particles),
+        **summarize(stats, cfg.num_particles),
         "seed": cfg.seed,
         "device": str(device),
-        "max_batch_elements": max_batch_elements,
-        "seconds": round(seconds, 1),
+        "max_batch_elements": cfg.max_batch_elements,
+        "seconds": round(time.perf_counter() - start, 1),
     }
     out = run_dir / cfg.output
     _write_json(out, record)
-    mc = "" if record["nll_mc_se"] is None else f" +- {record['nll_mc_se']:.3f} (Monte Carlo)"
-    print(
-        f"{run_dir}: checkpoint after epoch {record['checkpoint_epoch']}, "
-        f"{record['num_images']} test images, protocol: {record['protocol']}\n"
-        f"  -log p(x) (IW, K={num_particles}): {record['nll']:.2f} "
-        f"+- {record['nll_se']:.2f} (images){mc}\n"
-        f"  -ELBO: {record['negative_elbo']:.2f} +- {record['negative_elbo_se']:.2f}   "
-        f"mean ESS {record['ess_mean']:.1f} of {num_particles}   {seconds:.1f} s\n"
-        f"  written to {out}"
-    )
+    print(_report(record, out))
     return record
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    try:
-        evaluate(cfg)
-    except VaePyroError as err:
-        print(f"vae_pyro.evaluate: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+def main() -> None:
+    cli.run("evaluate", evaluate)
 
 
 if __name__ == "__main__":

@@ -2,22 +2,51 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
+from pyro.infer import ELBO, JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 
+from vae_pyro.config import ElboConfig, ModelConfig, to_object
 from vae_pyro.errors import VaePyroError
-from vae_pyro.networks import ConvDecoder, ConvEncoder, Decoder, Encoder
+from vae_pyro.networks import ARCHS
 
-LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
-ARCHS = ("mlp", "conv")  # model.arch: the encoder/decoder pair (networks.py)
-DEFAULT_CHANNELS = (32, 64, 128)  # conv: feature maps after each stride-2 convolution
+
+@dataclass(frozen=True)
+class PixelModel:
+    """A likelihood p(x | z) over the flattened pixels, from the decoder's logits."""
+
+    make: Callable[[torch.Tensor, torch.Tensor | None], dist.Distribution]  # (logits, log_scale)
+    noun: str  # what figures call one draw of it
+    learns_scale: bool = False  # the decoder carries one learned pixel log-sigma
+
+
+# model.likelihood -> its pixel model. bernoulli: gray levels as targets (not a density on
+# [0, 1]; the seed's protocol) or binarized pixels (a proper likelihood), hence no argument
+# checks. continuous_bernoulli: the normalized density on [0, 1] (Loaiza-Ganem & Cunningham
+# 2019). gaussian: mean sigmoid(logits), one learned pixel standard deviation shared by all
+# pixels (a calibrated decoder, Rybkin et al. 2021): a fixed sigma = 1 would reduce the
+# reconstruction term to MSE / 2, tiny next to the KL on [0, 1] pixels.
+LIKELIHOODS: dict[str, PixelModel] = {
+    "bernoulli": PixelModel(
+        lambda logits, _: dist.Bernoulli(logits=logits, validate_args=False), "Bernoulli"
+    ),
+    "continuous_bernoulli": PixelModel(
+        lambda logits, _: dist.ContinuousBernoulli(logits=logits), "continuous Bernoulli"
+    ),
+    "gaussian": PixelModel(
+        lambda logits, log_scale: dist.Normal(torch.sigmoid(logits), log_scale.exp()),
+        "Gaussian",
+        learns_scale=True,
+    ),
+}
 
 
 def _kl_weighted(kl_scale: float) -> AbstractContextManager:
@@ -39,7 +68,8 @@ class VAE(nn.Module):
     Pixels are gray levels in [0, 1] used directly as Bernoulli targets (Pyro's
     tutorial protocol), hence ``validate_args=False`` on the likelihood.
 
-    ``likelihood`` swaps the pixel model (see `likelihood`). ``kl_scale`` multiplies the
+    ``cfg.likelihood`` swaps the pixel model (LIKELIHOODS), ``cfg.arch`` the networks
+    (networks.ARCHS). ``kl_scale`` multiplies the
     latent site's log-densities in model and guide alike (poutine.scale), so the ELBO becomes
     E[log p(x|z)] - kl_scale * KL(q || p): the beta-VAE objective. It defaults to 1, so every
     caller that does not pass it (test ELBO, importance sampling) gets the plain model.
@@ -48,30 +78,18 @@ class VAE(nn.Module):
     """
 
     def __init__(
-        self,
-        image_shape: tuple[int, ...],
-        z_dim: int = 50,
-        hidden_dim: int = 400,
-        likelihood: str = "bernoulli",
-        scale_param: str = "exp",
-        arch: str = "mlp",
-        channels: Sequence[int] = DEFAULT_CHANNELS,
-    ):
+        self, image_shape: tuple[int, ...], cfg: ModelConfig | None = None, **keys: Any
+    ) -> None:
+        """`cfg`, or a ModelConfig of the given keys: VAE((1, 28, 28), z_dim=2)."""
         super().__init__()
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        self.cfg = cfg if cfg is not None else ModelConfig(**keys)
         self.image_shape = tuple(image_shape)
-        self.z_dim = z_dim
-        self.likelihood_name = likelihood
-        learn_scale = likelihood == "gaussian"
-        if arch == "mlp":
-            self.encoder = Encoder(self.image_shape, z_dim, hidden_dim, scale_param)
-            self.decoder = Decoder(self.image_shape, z_dim, hidden_dim, learn_scale=learn_scale)
-        elif arch == "conv":
-            self.encoder = ConvEncoder(self.image_shape, z_dim, hidden_dim, channels, scale_param)
-            self.decoder = ConvDecoder(self.image_shape, z_dim, hidden_dim, channels, learn_scale)
-        else:
-            raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+        self.z_dim = self.cfg.z_dim
+        self.likelihood_name = str(self.cfg.likelihood)
+        self.pixels = LIKELIHOODS[self.cfg.likelihood]
+        self.encoder, self.decoder = ARCHS[self.cfg.arch](
+            self.image_shape, self.cfg, self.pixels.learns_scale
+        )
 
     def prior(self, batch: int, like: torch.Tensor) -> dist.Distribution:
         """p(z) = N(0, I) for `batch` images, on like's device and dtype: one scalar Normal
@@ -88,21 +106,9 @@ class VAE(nn.Module):
         return dist.Normal(z_loc, z_scale).to_event(1)
 
     def likelihood(self, z: torch.Tensor) -> dist.Distribution:
-        """p(x | z) over the flattened pixels; z may carry extra leading (particle) dims.
-
-        bernoulli: gray levels as targets (not a density on [0, 1]; the seed's protocol) or
-        binarized pixels (a proper likelihood). continuous_bernoulli: the normalized density on
-        [0, 1] (Loaiza-Ganem & Cunningham 2019), proper for gray levels. gaussian: mean
-        sigmoid(logits), one learned pixel standard deviation exp(decoder.log_scale) shared by
-        all pixels (a calibrated decoder, Rybkin et al. 2021): a fixed sigma = 1 would reduce
-        the reconstruction term to MSE / 2, tiny next to the KL on [0, 1] pixels.
-        """
-        logits = self.decoder.logits(z)
-        if self.likelihood_name == "bernoulli":
-            return dist.Bernoulli(logits=logits, validate_args=False).to_event(1)
-        if self.likelihood_name == "continuous_bernoulli":
-            return dist.ContinuousBernoulli(logits=logits).to_event(1)
-        return dist.Normal(torch.sigmoid(logits), self.decoder.log_scale.exp()).to_event(1)
+        """p(x | z) over the flattened pixels; z may carry extra leading (particle) dims."""
+        log_scale = getattr(self.decoder, "log_scale", None)
+        return self.pixels.make(self.decoder.logits(z), log_scale).to_event(1)
 
     def model(self, x: torch.Tensor, kl_scale: float = 1.0) -> None:
         pyro.module("decoder", self.decoder)
@@ -131,35 +137,43 @@ class VAE(nn.Module):
         return self.likelihood(z).mean.reshape(n, *self.image_shape)
 
 
-def build_vae(image_shape: tuple[int, ...], model_cfg: Mapping[str, Any]) -> VAE:
+def build_vae(image_shape: tuple[int, ...], model_cfg: ModelConfig | Mapping[str, Any]) -> VAE:
     """The one place a config's `model` section becomes a VAE (training and every loader).
 
-    Keys added after the first release default to the original model, so old checkpoints load
-    (no `arch`: the MLP). Values that do not fit the images (a conv net too deep for their size)
-    are a VaePyroError.
+    A mapping (a checkpoint's saved config) is read through the schema: keys added after the
+    first release take their defaults, the original model (no `arch`: the MLP). Values that do
+    not fit the images (a conv net too deep for their size) are a VaePyroError.
     """
     try:
-        return VAE(
-            tuple(image_shape),
-            z_dim=model_cfg["z_dim"],
-            hidden_dim=model_cfg["hidden_dim"],
-            likelihood=model_cfg.get("likelihood", "bernoulli"),
-            scale_param=model_cfg.get("scale_param", "exp"),
-            arch=model_cfg.get("arch", "mlp"),
-            channels=model_cfg.get("channels", DEFAULT_CHANNELS),
-        )
+        return VAE(tuple(image_shape), to_object(model_cfg, ModelConfig))
     except ValueError as err:
         raise VaePyroError(
             f"cannot build the model for images of shape {tuple(image_shape)} (C, H, W): {err}"
         ) from None
 
 
-def kl_scale(model_cfg: Mapping[str, Any], epoch: int) -> float:
+def kl_scale(model_cfg: ModelConfig, epoch: int) -> float:
     """KL weight for a 1-based epoch: 0 at epoch 1, rising linearly to kl_weight at epoch
     kl_warmup_epochs + 1 (no warm-up: kl_weight throughout). A function of the epoch alone,
     so a resumed run continues the schedule."""
-    weight = float(model_cfg.get("kl_weight", 1.0))
-    warmup = int(model_cfg.get("kl_warmup_epochs", 0))
-    if warmup > 0:
-        weight *= min(1.0, (epoch - 1) / warmup)
+    weight = float(model_cfg.kl_weight)
+    if model_cfg.kl_warmup_epochs > 0:
+        weight *= min(1.0, (epoch - 1) / model_cfg.kl_warmup_epochs)
     return weight
+
+
+# elbo.name -> Pyro's estimator of the training objective. The model has one plate ("data").
+OBJECTIVES: dict[str, Callable[..., ELBO]] = {
+    "trace": Trace_ELBO,
+    "meanfield": TraceMeanField_ELBO,  # KL(q || p) in closed form: both are Normal
+    "jit": lambda **kw: JitTrace_ELBO(ignore_jit_warnings=True, **kw),
+}
+
+
+def build_elbo(cfg: ElboConfig) -> ELBO:
+    """The configured estimator. One particle needs no particle plate: vectorizing would only
+    add a size-1 dim (and ~4% to a CPU step) for the same draws and the same loss."""
+    vectorize = cfg.vectorize_particles and cfg.num_particles > 1
+    return OBJECTIVES[cfg.name](
+        num_particles=cfg.num_particles, vectorize_particles=vectorize, max_plate_nesting=1
+    )

@@ -7,23 +7,22 @@ docs line up with it. Image shape comes from the data as (C, H, W).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# How the encoder's second head (fc22) becomes the positive scale of q(z | x).
+if TYPE_CHECKING:
+    from vae_pyro.config import ModelConfig
+
+# model.scale_param -> how the encoder's second head (fc22) becomes the positive scale of q(z|x).
 SCALE_PARAMS = {
     "exp": torch.exp,  # fc22 = log scale (Pyro's tutorial)
     "logvar": lambda h: torch.exp(0.5 * h),  # fc22 = log variance (pytorch/examples, Kingma)
     "softplus": F.softplus,  # grows linearly, not exponentially, for large fc22
 }
-
-
-def _check_scale_param(scale_param: str) -> None:
-    if scale_param not in SCALE_PARAMS:
-        raise ValueError(f"scale_param must be one of {sorted(SCALE_PARAMS)}")
 
 
 class Encoder(nn.Module):
@@ -33,9 +32,9 @@ class Encoder(nn.Module):
         self, image_shape: tuple[int, ...], z_dim: int, hidden_dim: int, scale_param: str = "exp"
     ) -> None:
         super().__init__()
-        _check_scale_param(scale_param)
         self.image_shape = tuple(image_shape)
-        self.scale_param = scale_param
+        self.scale_param = str(scale_param)
+        self._to_scale = SCALE_PARAMS[scale_param]
         in_dim = math.prod(self.image_shape)
         self.fc1 = nn.Linear(in_dim, hidden_dim)
         self.fc21 = nn.Linear(hidden_dim, z_dim)
@@ -45,7 +44,7 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.softplus(self.fc1(x.flatten(start_dim=1)))
         # The transform keeps the scale positive without a constraint on fc22.
-        return self.fc21(hidden), SCALE_PARAMS[self.scale_param](self.fc22(hidden))
+        return self.fc21(hidden), self._to_scale(self.fc22(hidden))
 
 
 class Decoder(nn.Module):
@@ -93,16 +92,6 @@ def conv_feature_sizes(height: int, width: int, n: int) -> list[tuple[int, int]]
     return sizes
 
 
-def _channels(channels: Sequence[int]) -> tuple[int, ...]:
-    channels = tuple(channels)
-    bad = [c for c in channels if isinstance(c, bool) or not isinstance(c, int) or c < 1]
-    if not channels or bad:
-        raise ValueError(
-            f"model.channels must be a non-empty list of positive integers: {channels}"
-        )
-    return channels
-
-
 class ConvEncoder(nn.Module):
     """x -> (loc, scale) of q(z | x), for images: stride-2 convolutions (kernel 4, padding 1,
     ReLU) halve H and W per entry of `channels`, then a dense layer `fc1` (hidden_dim) and the
@@ -117,10 +106,10 @@ class ConvEncoder(nn.Module):
         scale_param: str = "exp",
     ) -> None:
         super().__init__()
-        _check_scale_param(scale_param)
         self.image_shape = tuple(image_shape)
-        self.scale_param = scale_param
-        channels = _channels(channels)
+        self.scale_param = str(scale_param)
+        self._to_scale = SCALE_PARAMS[scale_param]
+        channels = tuple(channels)
         c, h, w = self.image_shape
         sizes = conv_feature_sizes(h, w, len(channels))
         layers: list[nn.Module] = []
@@ -134,7 +123,7 @@ class ConvEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.conv(x.reshape(-1, *self.image_shape)).flatten(start_dim=1)
         hidden = F.relu(self.fc1(features))
-        return self.fc21(hidden), SCALE_PARAMS[self.scale_param](self.fc22(hidden))
+        return self.fc21(hidden), self._to_scale(self.fc22(hidden))
 
 
 class ConvDecoder(nn.Module):
@@ -155,7 +144,7 @@ class ConvDecoder(nn.Module):
         super().__init__()
         self.image_shape = tuple(image_shape)
         self.z_dim = z_dim
-        channels = _channels(channels)
+        channels = tuple(channels)
         c, h, w = self.image_shape
         sizes = conv_feature_sizes(h, w, len(channels))
         self.feature_shape = (channels[-1], *sizes[-1])
@@ -180,3 +169,18 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(z))
+
+
+# model.arch -> the function that builds its (encoder, decoder) pair for images of a shape.
+# Adding an architecture: its two modules, one entry here, conf/model/<name>.yaml, config.Arch.
+Networks = tuple[nn.Module, nn.Module]
+ARCHS: dict[str, Callable[[tuple[int, ...], ModelConfig, bool], Networks]] = {
+    "mlp": lambda shape, cfg, learn_scale: (
+        Encoder(shape, cfg.z_dim, cfg.hidden_dim, cfg.scale_param),
+        Decoder(shape, cfg.z_dim, cfg.hidden_dim, learn_scale),
+    ),
+    "conv": lambda shape, cfg, learn_scale: (
+        ConvEncoder(shape, cfg.z_dim, cfg.hidden_dim, cfg.channels, cfg.scale_param),
+        ConvDecoder(shape, cfg.z_dim, cfg.hidden_dim, cfg.channels, learn_scale),
+    ),
+}

@@ -6,31 +6,21 @@ as PNGs in `<run_dir>/samples/`. Everything about the model comes from the run's
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import hydra
 import pyro
 import pyro.distributions as dist
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from vae_pyro import plots
-from vae_pyro.checkpoint import check_image_shape, load_vae
-from vae_pyro.data import Split, load_data_config, one_per_class, resolve_device
+from vae_pyro import cli, plots
+from vae_pyro.checkpoint import Checkpoint, check_image_shape, load_vae
+from vae_pyro.config import SampleConfig, resolve_device, to_object
+from vae_pyro.data import Split, load_data_config, one_per_class
 from vae_pyro.errors import VaePyroError
 from vae_pyro.model import VAE
-from vae_pyro.train import CONF_DIR
 
 CHECKPOINT = "checkpoint.pt"
-
-
-# What the figures call one draw of p(x | z), per model.likelihood.
-SAMPLE_NOUNS = {
-    "bernoulli": "Bernoulli",
-    "continuous_bernoulli": "continuous Bernoulli",
-    "gaussian": "Gaussian",
-}
 
 
 @torch.no_grad()
@@ -110,66 +100,94 @@ def manifold(vae: VAE, steps: int, quantile: float = 0.05) -> tuple[torch.Tensor
     return images, float(values[-1])
 
 
-def _int(value: object, key: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise VaePyroError(f"{key} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _index_list(value: object, key: str, n: int) -> list[int]:
-    items = OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
-    if not isinstance(items, list) or not items:
-        raise VaePyroError(f"{key} must be a non-empty list of test-image indices, got {items!r}")
+def _check_indices(items: list[int], key: str, n: int) -> list[int]:
     for i in items:
-        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n:
+        if not 0 <= i < n:
             raise VaePyroError(
-                f"{key}={items} has {i!r}, which is not a test-image index: the test set has "
+                f"{key}={items} has {i}, which is not a test-image index: the test set has "
                 f"{n} images (0 to {n - 1})"
             )
     return items
 
 
-def validate(cfg: DictConfig) -> torch.device:
-    """Check every option before any work starts; returns the device."""
-    if OmegaConf.is_missing(cfg, "run_dir"):
-        raise VaePyroError("run_dir is required: python -m vae_pyro.sample run_dir=outputs/<run>")
-    _int(cfg.seed, "seed", 0)
-    _int(cfg.num_samples, "num_samples", 1)
-    _int(cfg.prior.num, "prior.num", 1)
-    _int(cfg.prior.nrow, "prior.nrow", 1)
-    _int(cfg.interpolation.steps, "interpolation.steps", 2)
-    _int(cfg.manifold.steps, "manifold.steps", 2)
-    q = cfg.manifold.quantile
-    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q < 0.5:
-        raise VaePyroError(f"manifold.quantile must be a number in (0, 0.5), got {q!r}")
-    _int(cfg.scale, "scale", 1)
-    if not isinstance(cfg.prior.bernoulli, bool):
-        raise VaePyroError(f"prior.bernoulli must be true or false, got {cfg.prior.bernoulli!r}")
-    return resolve_device(cfg.device, key="device")
-
-
-def _test_split(ckpt: dict, path: Path, device: torch.device) -> Split:
-    """The test split of the data the run was trained on, checked against the checkpoint."""
-    try:
-        data_cfg = ckpt["config"]["data"]
-        name = data_cfg["name"]
-    except (KeyError, TypeError):
-        raise VaePyroError(f"checkpoint {path} has no data config (data.name, ...)") from None
-    # The test images the model was evaluated on: binarized too if the run trained on binarized
-    # data (older checkpoints have no data.binarize). Only the test split is used: subset=1 keeps
-    # the unused training split small.
+def _test_split(ckpt: Checkpoint, device: torch.device) -> Split:
+    """The test split of the data the run was trained on, checked against the checkpoint: the
+    binarized draw if the run trained on binarized data. Only the test split is used: subset=1
+    keeps the unused training split small."""
+    data_cfg = ckpt.data_config
     data = load_data_config(data_cfg, device, subset=1)
-    check_image_shape(path, ckpt["image_shape"], data.image_shape, f"data.name={name} now gives")
+    check_image_shape(ckpt.path, ckpt.image_shape, data.image_shape,
+                      f"data.name={data_cfg.name} now gives")  # fmt: skip
     return data.test
 
 
-def sample(cfg: DictConfig) -> dict[str, Path]:
+def _chosen(cfg: SampleConfig, test: Split) -> tuple[list[int], list[tuple[int, int]]]:
+    """The test images of posterior.png and the pairs of interpolation.png."""
+    if cfg.indices is None:
+        indices = one_per_class(test.y).tolist()
+    else:
+        indices = _check_indices(cfg.indices, "indices", len(test))
+    if cfg.interpolation.pairs is None:
+        if len(indices) < 2:
+            raise VaePyroError("interpolation needs two images: give 2+ indices or pairs")
+        return indices, list(zip(indices[:-1], indices[1:], strict=True))
+    for pair in cfg.interpolation.pairs:
+        _check_indices(pair, "interpolation.pairs", len(test))
+    return indices, [tuple(p) for p in cfg.interpolation.pairs]
+
+
+def _latent_figures(cfg: SampleConfig, vae: VAE, test: Split, out: Path) -> dict[str, Path]:
+    """latent.png (the plane, a line or a PCA of the posterior means) and, for z_dim = 2,
+    manifold.png."""
+    pyro.set_rng_seed(cfg.seed)  # torch.pca_lowrank is randomized
+    z, n = posterior_means(vae, test.x), len(test)
+    title = f"posterior means of {n} test images"
+    if vae.z_dim == 2:
+        images, z_max = manifold(vae, cfg.manifold.steps, cfg.manifold.quantile)
+        return {
+            "latent": plots.latent_scatter(z, test.y, out / "latent.png", title=title, box=z_max),
+            "manifold": plots.manifold(images, z_max, out / "manifold.png", cfg.scale),
+        }
+    if vae.z_dim == 1:
+        points = torch.cat([z, test.y.unsqueeze(1).float()], 1)
+        return {"latent": plots.latent_scatter(points, test.y, out / "latent.png",
+                                               ("z1", "label"), title)}  # fmt: skip
+    points, explained = pca_2d(z)
+    axes = tuple(f"PC{i + 1} ({100 * e:.0f}% of variance)" for i, e in enumerate(explained))
+    title = f"{title}, PCA of {vae.z_dim} dims"
+    return {"latent": plots.latent_scatter(points, test.y, out / "latent.png", axes, title)}
+
+
+def _draw_figures(cfg: SampleConfig, vae: VAE, test: Split, out: Path) -> dict[str, Path]:
+    """posterior.png, prior.png and interpolation.png."""
+    indices, pairs = _chosen(cfg, test)
+    noun = vae.pixels.noun
+    pyro.set_rng_seed(cfg.seed)
+    x = test.x[indices]
+    means, draws = posterior_draws(vae, x, cfg.num_samples)
+    written = {"posterior": plots.posterior_samples(x, means, draws, out / "posterior.png",
+                                                   cfg.scale, noun)}  # fmt: skip
+    pyro.set_rng_seed(cfg.seed)
+    means, draws = prior_draws(vae, cfg.prior.num)
+    written["prior"] = plots.prior_samples(
+        means, out / "prior.png", draws if cfg.prior.bernoulli else None,
+        nrow=cfg.prior.nrow, scale=cfg.scale, noun=noun,
+    )  # fmt: skip
+    a, b = (test.x[[p[i] for p in pairs]] for i in (0, 1))
+    path = torch.cat([a.unsqueeze(1), interpolate(vae, a, b, cfg.interpolation.steps)], 1)
+    rows = torch.cat([path, b.unsqueeze(1)], 1)
+    written["interpolation"] = plots.interpolation(rows, out / "interpolation.png", cfg.scale)
+    return written
+
+
+def sample(cfg: DictConfig | SampleConfig) -> dict[str, Path]:
     """Write the figures of one training run; returns {figure name: PNG path}.
 
     Every figure re-seeds with `seed` before it draws, so each depends only on the seed and its
     own options (changing num_samples does not change prior.png).
     """
-    device = validate(cfg)
+    cfg = to_object(cfg, SampleConfig)
+    device = resolve_device(cfg.device, key="device")
     run_dir = Path(cfg.run_dir)
     if not run_dir.is_dir():
         raise VaePyroError(f"run directory not found: {run_dir} (run_dir= names a training run)")
@@ -180,87 +198,18 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
             "writes after each epoch"
         )
     vae, ckpt = load_vae(ckpt_path, device)
-    test = _test_split(ckpt, ckpt_path, device)
-    if cfg.indices is None:
-        indices = one_per_class(test.y).tolist()
-    else:
-        indices = _index_list(cfg.indices, "indices", len(test))
-    if cfg.interpolation.pairs is None:
-        if len(indices) < 2:
-            raise VaePyroError("interpolation needs two images: give 2+ indices or pairs")
-        pairs = list(zip(indices[:-1], indices[1:], strict=True))
-    else:
-        raw = cfg.interpolation.pairs
-        pairs = OmegaConf.to_container(raw) if OmegaConf.is_list(raw) else raw
-        if not isinstance(pairs, list) or not pairs or any(len(p) != 2 for p in pairs):
-            raise VaePyroError(f"interpolation.pairs must be a list of [a, b] pairs, got {pairs!r}")
-        for pair in pairs:
-            _index_list(pair, "interpolation.pairs", len(test))
-
-    out, scale, seed = Path(cfg.out_dir), cfg.scale, cfg.seed
-    written: dict[str, Path] = {}
-    x = test.x[indices]
-    pyro.set_rng_seed(seed)
-    means, draws = posterior_draws(vae, x, cfg.num_samples)
-    noun = SAMPLE_NOUNS.get(vae.likelihood_name, vae.likelihood_name)
-    written["posterior"] = plots.posterior_samples(
-        x, means, draws, out / "posterior.png", scale, noun
-    )
-
-    pyro.set_rng_seed(seed)
-    means, draws = prior_draws(vae, cfg.prior.num)
-    written["prior"] = plots.prior_samples(
-        means,
-        out / "prior.png",
-        draws if cfg.prior.bernoulli else None,
-        nrow=cfg.prior.nrow,
-        scale=scale,
-        noun=noun,
-    )
-
-    a, b = (test.x[[p[i] for p in pairs]] for i in (0, 1))
-    path = torch.cat([a.unsqueeze(1), interpolate(vae, a, b, cfg.interpolation.steps)], 1)
-    rows = torch.cat([path, b.unsqueeze(1)], 1)
-    written["interpolation"] = plots.interpolation(rows, out / "interpolation.png", scale)
-
-    pyro.set_rng_seed(seed)  # torch.pca_lowrank is randomized
-    z = posterior_means(vae, test.x)
-    n = len(test)
-    if vae.z_dim == 2:
-        images, z_max = manifold(vae, cfg.manifold.steps, cfg.manifold.quantile)
-        written["latent"] = plots.latent_scatter(
-            z, test.y, out / "latent.png", title=f"posterior means of {n} test images", box=z_max
-        )
-        written["manifold"] = plots.manifold(images, z_max, out / "manifold.png", scale)
-    elif vae.z_dim == 1:
-        written["latent"] = plots.latent_scatter(
-            torch.cat([z, test.y.unsqueeze(1).float()], 1),
-            test.y,
-            out / "latent.png",
-            ("z1", "label"),
-            f"posterior means of {n} test images",
-        )
-    else:
-        points, explained = pca_2d(z)
-        written["latent"] = plots.latent_scatter(
-            points,
-            test.y,
-            out / "latent.png",
-            tuple(f"PC{i + 1} ({100 * e:.0f}% of variance)" for i, e in enumerate(explained)),
-            f"posterior means of {n} test images, PCA of {vae.z_dim} dims",
-        )
-    return written
+    test = _test_split(ckpt, device)
+    out = Path(cfg.out_dir)
+    return {**_draw_figures(cfg, vae, test, out), **_latent_figures(cfg, vae, test, out)}
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sample")
-def main(cfg: DictConfig) -> None:
-    try:
-        written = sample(cfg)
-    except VaePyroError as err:
-        print(f"vae_pyro.sample: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    for path in written.values():
+def _print_paths(cfg: DictConfig) -> None:
+    for path in sample(cfg).values():
         print(path)
+
+
+def main() -> None:
+    cli.run("sample", _print_paths)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""Hydra entry point: `python -m vae_pyro.train [+experiment=z50] [overrides]`.
+"""Entry point: `python -m vae_pyro.train [+experiment=z50] [overrides]`.
 
-train(cfg) does the work and returns the final test loss (what sweepers minimize). A run can
-be interrupted at any point (SIGKILL, SIGTERM, Ctrl-C) and resumed with trainer.resume=true to
-exactly the metrics of an uninterrupted run.
+train(cfg) runs in phases: restore (or start), run one epoch, evaluate, checkpoint, and finish,
+and returns the final test loss (what sweepers minimize). A run can be interrupted at any point
+(SIGKILL, SIGTERM, Ctrl-C) and resumed with trainer.resume=true to exactly the metrics of an
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -11,99 +12,80 @@ import json
 import logging
 import math
 import signal
-import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pyro
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pyro.infer import SVI
 from pyro.optim import PyroOptim
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from vae_pyro import checkpoint, plots
-from vae_pyro.data import BINARIZATIONS, SOURCES, load_data_config, one_per_class, resolve_device
-from vae_pyro.errors import TrainingInterrupted, VaePyroError, positive_int
+from vae_pyro import checkpoint, cli, plots
+from vae_pyro.config import TrainConfig, TrainerConfig, as_dict, resolve_device, to_object
+from vae_pyro.data import ImageData, load_data_config, one_per_class
+from vae_pyro.errors import TrainingInterrupted, VaePyroError
 from vae_pyro.evaluate import negative_elbo
-from vae_pyro.model import ARCHS, LIKELIHOODS, VAE, build_vae, kl_scale
-from vae_pyro.networks import SCALE_PARAMS
+from vae_pyro.model import VAE, build_elbo, build_vae, kl_scale
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+def build_svi(cfg: TrainConfig, vae: VAE) -> tuple[PyroOptim, SVI]:
+    """The optimizer and SVI object exactly as training uses them (the benchmark times these)."""
+    cfg = to_object(cfg, TrainConfig)
+    optimizer = instantiate(cfg.optim.optimizer)
+    return optimizer, SVI(vae.model, vae.guide, optimizer, loss=build_elbo(cfg.elbo))
 
 
-def _check_options(cfg: DictConfig) -> None:
-    """The modelling options of issue 5: known choices and ranges."""
-    for key, choices in (
-        ("data.binarize", BINARIZATIONS),
-        ("model.likelihood", LIKELIHOODS),
-        ("model.scale_param", tuple(SCALE_PARAMS)),
-    ):
-        value = OmegaConf.select(cfg, key)
-        if value not in choices:
-            raise VaePyroError(f"unknown {key}={value!r}; choose one of {', '.join(choices)}")
-    beta = cfg.model.kl_weight
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < math.inf:
-        raise VaePyroError(f"model.kl_weight must be a number >= 0 (1 = plain ELBO), got {beta!r}")
-    warmup = cfg.model.kl_warmup_epochs
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise VaePyroError(f"model.kl_warmup_epochs must be an integer >= 0, got {warmup!r}")
-    positive_int(OmegaConf.select(cfg, "elbo.num_particles", default=1), "elbo.num_particles")
+def svi_step(svi: SVI, batch: torch.Tensor, kl_scale: float = 1.0) -> float:
+    """One training step. Pyro's argument and model/guide checks are off in this hot loop: they
+    cost ~10% of a CPU step, the model is fixed and tested, and a diverging encoder (Normal with
+    scale 0 or inf) still shows up as a non-finite loss, which the caller checks."""
+    with pyro.validation_enabled(False):
+        return svi.step(batch, kl_scale=kl_scale)
 
 
-def _check_source_and_arch(cfg: DictConfig) -> None:
-    """The dataset and network choices of issue 8 (sizes that depend on the images are checked
-    when the networks are built, right after the data are read)."""
-    for key, choices, default in (("data.name", SOURCES, None), ("model.arch", ARCHS, "mlp")):
-        value = OmegaConf.select(cfg, key, default=default)
-        if value not in choices:
-            raise VaePyroError(f"unknown {key}={value!r}; choose one of {', '.join(choices)}")
-    size = OmegaConf.select(cfg, "data.image_size", default=None)
-    if size is not None:
-        positive_int(size, "data.image_size")
-    if OmegaConf.select(cfg, "model.arch", default="mlp") == "conv":
-        channels = OmegaConf.select(cfg, "model.channels", default=None)
-        if not OmegaConf.is_list(channels) or len(channels) == 0:
-            raise VaePyroError(f"model.channels must be a non-empty list, got {channels!r}")
-        for c in channels:
-            positive_int(c, "each of model.channels")
+@dataclass
+class Run:
+    """One training run: its parts and how far it has come."""
 
+    cfg: TrainConfig
+    run_dir: Path
+    data: ImageData
+    vae: VAE
+    optimizer: PyroOptim
+    svi: SVI
+    history: list[dict] = field(default_factory=list)
+    done: int = 0  # epochs completed
+    position: checkpoint.Position | None = None  # where an interrupted epoch stopped
+    last_saved: int | None = None  # the epoch of the newest checkpoint on disk
+    resolved: dict[str, Any] = field(init=False)  # the config as the checkpoint stores it
 
-def validate(cfg: DictConfig) -> torch.device:
-    """Check every value before any work starts; returns the training device."""
-    for key in (
-        "model.z_dim",
-        "model.hidden_dim",
-        "data.batch_size",
-        "trainer.epochs",
-        "trainer.eval_every",
-        "trainer.eval_batch_size",
-        "trainer.checkpoint_every",
-    ):
-        positive_int(OmegaConf.select(cfg, key), key)
-    subset = cfg.data.subset
-    if subset is not None:
-        positive_int(subset, "data.subset")
-    lr = cfg.optim.lr
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise VaePyroError(f"optim.lr must be a positive number, got {lr!r}")
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
-        raise VaePyroError(f"seed must be an integer, got {cfg.seed!r}")
-    _check_options(cfg)
-    _check_source_and_arch(cfg)
-    if not isinstance(cfg.trainer.resume, bool):
-        raise VaePyroError(f"trainer.resume must be true or false, got {cfg.trainer.resume!r}")
-    if cfg.trainer.resume_from is not None and not isinstance(cfg.trainer.resume_from, str):
-        raise VaePyroError(f"trainer.resume_from must be a path, got {cfg.trainer.resume_from!r}")
-    return resolve_device(cfg.trainer.device)
+    def __post_init__(self) -> None:
+        self.resolved = as_dict(self.cfg)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    @property
+    def steps(self) -> int:
+        return -(-len(self.data.train) // self.cfg.data.batch_size)
+
+    def save(self, epochs_done: int, position: checkpoint.Position | None = None) -> None:
+        payload = checkpoint.build(
+            self.vae, self.optimizer, self.resolved, epochs_done, self.history, position
+        )
+        checkpoint.save(self.checkpoint_path, payload)
+        self.last_saved = epochs_done
 
 
 class _StopFlag:
@@ -124,12 +106,20 @@ class _StopFlag:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
+    def interrupted(self, run: Run, where: str) -> TrainingInterrupted:
+        name = signal.Signals(self.signum).name
+        return TrainingInterrupted(
+            f"interrupted by {name} {where}; checkpoint written to {run.checkpoint_path}. "
+            f"Resume with: {_resume_hint(run.run_dir)}",
+            self.signum,
+        )
 
-def _resume_source(cfg: DictConfig, run_dir: Path) -> Path | None:
+
+def _resume_source(trainer: TrainerConfig, run_dir: Path) -> Path | None:
     """The checkpoint to continue from, or None for a new run; never overwrite another run."""
     own = run_dir / "checkpoint.pt"
-    if cfg.trainer.resume_from is not None:
-        source = Path(cfg.trainer.resume_from).expanduser()
+    if trainer.resume_from is not None:
+        source = Path(trainer.resume_from).expanduser()
         source = source / "checkpoint.pt" if source.is_dir() else source
         if not source.is_file():
             raise VaePyroError(f"trainer.resume_from: no checkpoint at {source}")
@@ -137,13 +127,13 @@ def _resume_source(cfg: DictConfig, run_dir: Path) -> Path | None:
             raise VaePyroError(f"{run_dir} already holds another run; choose a new hydra.run.dir")
         return source
     if own.exists():
-        if cfg.trainer.resume:
+        if trainer.resume:
             return own
         raise VaePyroError(
             f"{run_dir} already holds a run (checkpoint.pt); continue it with trainer.resume=true "
             "or choose another hydra.run.dir"
         )
-    if cfg.trainer.resume:
+    if trainer.resume:
         log.warning("trainer.resume=true but %s holds no checkpoint: starting a new run", run_dir)
     return None
 
@@ -177,197 +167,154 @@ def _resume_hint(run_dir: Path) -> str:
     )
 
 
-def _write_jsonl(path: Path, records: list[dict], mode: str = "a") -> None:
-    with path.open(mode) as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
+def _restore(run: Run, source: Path) -> None:
+    """Phase 1 of a resumed run: weights, optimizer, RNG, history and position."""
+    saved = checkpoint.read(source, map_location=run.data.train.x.device)
+    checkpoint.restore_training(run.vae, run.optimizer, saved)
+    run.history, run.done, run.position = saved.metrics, saved.epoch, saved.position
+    run.last_saved = saved.epoch
+    if run.position is not None and len(run.position.perm) != len(run.data.train):
+        raise VaePyroError(f"{source} stopped inside an epoch over a different data.subset")
+    _log_changes(saved.config, run.resolved)
+    step = f", step {run.position.step}" if run.position else ""
+    log.info("resuming from %s at the start of epoch %d%s", source, run.done + 1, step)
 
 
-def build_svi(cfg: DictConfig, vae: VAE) -> tuple[PyroOptim, SVI]:
-    """The optimizer and SVI object exactly as training uses them (the benchmark times these)."""
-    optimizer = instantiate(cfg.optim.optimizer)
-    # One particle needs no particle plate: vectorizing would only add a size-1 dim (and ~4%
-    # to a CPU step) for the same draws and the same loss.
-    single = OmegaConf.select(cfg, "elbo.num_particles", default=1) == 1
-    elbo = instantiate(cfg.elbo, **({"vectorize_particles": False} if single else {}))
-    return optimizer, SVI(vae.model, vae.guide, optimizer, loss=elbo)
+def _diverged(run: Run, loss: float, epoch: int, step: int) -> VaePyroError:
+    kept = (
+        f"the last good checkpoint (epoch {run.last_saved}) is kept in {run.checkpoint_path}"
+        if run.last_saved is not None
+        else "no checkpoint was written"
+    )
+    lr = run.cfg.optim.lr
+    return VaePyroError(
+        f"training diverged (loss {loss}) at epoch {epoch}, step {step}/{run.steps}; it stopped "
+        f"and {kept}. Lower the learning rate (optim.lr={lr:g} now; try optim.lr={lr / 10:g})"
+    )
 
 
-def svi_step(svi: SVI, batch: torch.Tensor, kl_scale: float = 1.0) -> float:
-    """One training step. Pyro's argument and model/guide checks are off in this hot loop: they
-    cost ~10% of a CPU step, the model is fixed and tested, and a diverging encoder (Normal with
-    scale 0 or inf) still shows up as a non-finite loss, which the caller checks."""
-    with pyro.validation_enabled(False):
-        return svi.step(batch, kl_scale=kl_scale)
+def _run_epoch(run: Run, epoch: int, stop: _StopFlag) -> dict[str, Any]:
+    """Phase 2: one pass over the training set (or the rest of an interrupted one). On a
+    signal, a mid-epoch checkpoint and TrainingInterrupted; on a non-finite loss, an error."""
+    device, batch_size = run.data.train.x.device, run.cfg.data.batch_size
+    pos = run.position or checkpoint.Position(
+        torch.randperm(len(run.data.train), device=device), 0, 0.0, 0.0
+    )
+    run.position, start, perm = None, time.perf_counter(), pos.perm.to(device)
+    bar = tqdm(range(pos.step, run.steps), initial=pos.step, total=run.steps, leave=False,
+               desc=f"epoch {epoch}/{run.cfg.trainer.epochs}", disable=None)  # fmt: skip
+    beta = kl_scale(run.cfg.model, epoch)  # KL weight (warm-up): 1 unless configured
+    total = pos.total
+    for step in bar:
+        batch = run.data.train_batch(perm[step * batch_size : (step + 1) * batch_size])
+        loss = svi_step(run.svi, batch, beta)
+        if not math.isfinite(loss):
+            raise _diverged(run, loss, epoch, step + 1)
+        total += loss
+        if stop.signum is not None and step + 1 < run.steps:
+            seconds = pos.seconds + time.perf_counter() - start
+            run.save(epoch - 1, checkpoint.Position(perm.cpu(), step + 1, total, seconds))
+            raise stop.interrupted(run, f"at epoch {epoch}, step {step + 1}/{run.steps}")
+    seconds = pos.seconds + time.perf_counter() - start
+    return {"epoch": epoch, "train_loss": total / len(run.data.train), "seconds": seconds}
 
 
-def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
-    """Train a VAE as configured; write artifacts to run_dir; return the final test loss."""
-    device = validate(cfg)
-    run_dir = Path(run_dir if run_dir is not None else HydraConfig.get().runtime.output_dir)
-    run_dir = run_dir.resolve()
-    ckpt_path = run_dir / "checkpoint.pt"
+def _evaluate(run: Run, record: dict[str, Any]) -> None:
+    """Phase 3: the test loss, every trainer.eval_every epochs and after the last."""
+    epoch, trainer = record["epoch"], run.cfg.trainer
+    start = time.perf_counter()
+    record["test_loss"] = None
+    if epoch % trainer.eval_every == 0 or epoch == trainer.epochs:
+        record["test_loss"] = negative_elbo(run.vae, run.data.test.x, trainer.eval_batch_size)
+    record["seconds"] += time.perf_counter() - start
 
-    pyro.clear_param_store()  # sweep jobs share one process: start each from nothing
-    pyro.set_rng_seed(cfg.seed)
-    data = load_data_config(cfg.data, device)
-    source = _resume_source(cfg, run_dir)
-    vae = build_vae(data.image_shape, cfg.model).to(device)
-    optimizer, svi = build_svi(cfg, vae)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
 
-    epochs, batch_size = cfg.trainer.epochs, cfg.data.batch_size
-    n_train = len(data.train)
-    steps = -(-n_train // batch_size)
-    history: list[dict] = []
-    done, position = 0, None  # epochs completed; where an interrupted epoch stopped
-    if source is not None:
-        saved = checkpoint.load(source, map_location=device)
-        checkpoint.restore_networks(vae, saved, source)
-        optimizer.set_state(saved["optimizer"])
-        checkpoint.set_rng_state(saved["rng"])
-        history, done, position = list(saved["metrics"]), saved["epoch"], saved.get("position")
-        if position is not None and len(position["perm"]) != n_train:
-            raise VaePyroError(f"{source} stopped inside an epoch over a different data.subset")
-        _log_changes(saved["config"], resolved)
-        where = f"epoch {done + 1}, step {position['step']}" if position else f"epoch {done + 1}"
-        log.info("resuming from %s at the start of %s", source, where)
+class _Recorder:
+    """metrics.jsonl (rewritten from the checkpoint's history, the truth) and TensorBoard."""
 
-    def save(epochs_done: int, position: dict | None = None) -> None:
-        checkpoint.save(
-            ckpt_path,
-            {
-                "epoch": epochs_done,
-                "position": position,
-                "encoder": vae.encoder.state_dict(),
-                "decoder": vae.decoder.state_dict(),
-                "optimizer": optimizer.get_state(),
-                "rng": checkpoint.rng_state(),
-                "metrics": history,
-                "image_shape": list(data.image_shape),
-                "config": resolved,
-            },
-        )
+    def __init__(self, run: Run) -> None:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = run.run_dir / "metrics.jsonl"
+        self._write(run.history, mode="w")
+        self.writer = SummaryWriter(log_dir=str(run.run_dir / "tensorboard"),
+                                    purge_step=run.done + 1)  # fmt: skip
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = run_dir / "metrics.jsonl"
-    _write_jsonl(metrics_path, history, mode="w")  # the checkpoint's history is the truth
-    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=done + 1)
-    log.info(
-        "training on %s: %d train / %d test images of shape %s; run dir %s",
-        device, n_train, len(data.test), data.image_shape, run_dir,
-    )  # fmt: skip
+    def _write(self, records: list[dict], mode: str = "a") -> None:
+        with self.metrics.open(mode) as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
 
-    last_saved = done if source is not None else None
-    try:
-        with _StopFlag() as stop:
-            for epoch in range(done + 1, epochs + 1):
-                start = time.perf_counter()
-                if position is not None:  # finish the epoch an interruption cut short
-                    perm, first = position["perm"].to(device), position["step"]
-                    total, before = position["total"], position["seconds"]
-                    position = None
-                else:
-                    perm, first, total, before = torch.randperm(n_train, device=device), 0, 0.0, 0.0
-                bar = tqdm(range(first, steps), initial=first, total=steps, leave=False,
-                           desc=f"epoch {epoch}/{epochs}", disable=None)  # fmt: skip
-                beta = kl_scale(cfg.model, epoch)  # KL weight (warm-up): 1 unless configured
-                for step in bar:
-                    batch = data.train_batch(perm[step * batch_size : (step + 1) * batch_size])
-                    loss = svi_step(svi, batch, beta)
-                    if not math.isfinite(loss):
-                        kept = (
-                            f"the last good checkpoint (epoch {last_saved}) is kept in {ckpt_path}"
-                            if last_saved is not None
-                            else "no checkpoint was written"
-                        )
-                        raise VaePyroError(
-                            f"training diverged (loss {loss}) at epoch {epoch}, step "
-                            f"{step + 1}/{steps}; it stopped and {kept}. Lower the learning rate "
-                            f"(optim.lr={cfg.optim.lr:g} now; try optim.lr={cfg.optim.lr / 10:g})"
-                        )
-                    total += loss
-                    if stop.signum is not None and step + 1 < steps:
-                        seconds = before + time.perf_counter() - start
-                        save(epoch - 1, {"perm": perm.cpu(), "step": step + 1, "total": total,
-                                         "seconds": seconds})  # fmt: skip
-                        raise TrainingInterrupted(
-                            f"interrupted by {signal.Signals(stop.signum).name} at epoch {epoch}, "
-                            f"step {step + 1}/{steps}; checkpoint written to {ckpt_path}. "
-                            f"Resume with: {_resume_hint(run_dir)}",
-                            stop.signum,
-                        )
-                record = {"epoch": epoch, "train_loss": total / n_train, "test_loss": None}
-                if epoch % cfg.trainer.eval_every == 0 or epoch == epochs:
-                    record["test_loss"] = negative_elbo(
-                        vae, data.test.x, cfg.trainer.eval_batch_size
-                    )
-                record["seconds"] = before + time.perf_counter() - start
-                history.append(record)
-                _write_jsonl(metrics_path, [record])
-                for key in ("train_loss", "test_loss"):
-                    if record[key] is not None:
-                        writer.add_scalar(key, record[key], epoch)
-                if epoch % cfg.trainer.checkpoint_every == 0 or epoch == epochs or stop.signum:
-                    save(epoch)
-                    last_saved = epoch
-                test_txt = "-" if record["test_loss"] is None else f"{record['test_loss']:.2f}"
-                log.info(
-                    "epoch %d/%d  train %.2f  test %s  (%.1f s)",
-                    epoch, epochs, record["train_loss"], test_txt, record["seconds"],
-                )  # fmt: skip
-                if stop.signum is not None and epoch < epochs:
-                    raise TrainingInterrupted(
-                        f"interrupted by {signal.Signals(stop.signum).name} after epoch {epoch}; "
-                        f"checkpoint written to {ckpt_path}. Resume with: {_resume_hint(run_dir)}",
-                        stop.signum,
-                    )
-    finally:
-        writer.close()
+    def add(self, record: dict[str, Any]) -> None:
+        self._write([record])
+        for key in ("train_loss", "test_loss"):
+            if record[key] is not None:
+                self.writer.add_scalar(key, record[key], record["epoch"])
 
-    figures = run_dir / "figures"
-    plots.loss_curves(history, figures / "loss.png")
-    shown = data.test.x[one_per_class(data.test.y)]
-    plots.reconstructions(shown, vae.reconstruct(shown), figures / "reconstructions.png")
-    final = history[-1]["test_loss"]
-    log.info("final test loss %.2f nats per image; artifacts in %s", final, run_dir)
+    def __enter__(self) -> _Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.writer.close()
+
+
+def _checkpoint(run: Run, record: dict[str, Any], recorder: _Recorder, stop: _StopFlag) -> None:
+    """Phase 4: record the epoch; a checkpoint every trainer.checkpoint_every epochs, after the
+    last and before an interruption takes effect."""
+    epoch, trainer = record["epoch"], run.cfg.trainer
+    record = {k: record[k] for k in ("epoch", "train_loss", "test_loss", "seconds")}
+    run.history.append(record)
+    recorder.add(record)
+    if epoch % trainer.checkpoint_every == 0 or epoch == trainer.epochs or stop.signum:
+        run.save(epoch)
+    test = "-" if record["test_loss"] is None else f"{record['test_loss']:.2f}"
+    log.info("epoch %d/%d  train %.2f  test %s  (%.1f s)", epoch, trainer.epochs,
+             record["train_loss"], test, record["seconds"])  # fmt: skip
+    if stop.signum is not None and epoch < trainer.epochs:
+        raise stop.interrupted(run, f"after epoch {epoch}")
+
+
+def _finish(run: Run) -> float:
+    """Phase 5: the figures; the final test loss."""
+    figures = run.run_dir / "figures"
+    plots.loss_curves(run.history, figures / "loss.png")
+    shown = run.data.test.x[one_per_class(run.data.test.y)]
+    plots.reconstructions(shown, run.vae.reconstruct(shown), figures / "reconstructions.png")
+    final = run.history[-1]["test_loss"]
+    log.info("final test loss %.2f nats per image; artifacts in %s", final, run.run_dir)
     return final
 
 
-def _record_job(status: str, **fields: Any) -> None:
-    """A sweep job's outcome as status.json in its run dir: vae_pyro.report reads it, not logs."""
-    path = Path(HydraConfig.get().runtime.output_dir) / "status.json"
-    path.write_text(json.dumps({"status": status, **fields}) + "\n")
+def _start(cfg: TrainConfig, run_dir: Path) -> tuple[Run, Path | None]:
+    """Everything before the first step: data, networks, optimizer, and the run to continue."""
+    device = resolve_device(cfg.trainer.device, "trainer.device")
+    pyro.clear_param_store()  # sweep jobs share one process: start each from nothing
+    pyro.set_rng_seed(cfg.seed)
+    data = load_data_config(cfg.data, device)
+    source = _resume_source(cfg.trainer, run_dir)
+    vae = build_vae(data.image_shape, cfg.model).to(device)
+    optimizer, svi = build_svi(cfg, vae)
+    return Run(cfg, run_dir, data, vae, optimizer, svi), source
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> float:
-    """A single run exits 2 on a VaePyroError. A sweep job (-m) records any failure in its run
-    dir and returns inf (worst for a minimizing sweeper), so the other jobs still run."""
-    from hydra.types import RunMode
+def train(cfg: DictConfig | TrainConfig, run_dir: str | Path | None = None) -> float:
+    """Train a VAE as configured; write artifacts to run_dir; return the final test loss."""
+    cfg = to_object(cfg, TrainConfig)
+    run_dir = Path(run_dir if run_dir is not None else HydraConfig.get().runtime.output_dir)
+    run, source = _start(cfg, run_dir.resolve())
+    if source is not None:
+        _restore(run, source)
+    log.info("training on %s: %d train / %d test images of shape %s; run dir %s",
+             run.data.train.x.device, len(run.data.train), len(run.data.test),
+             run.data.image_shape, run.run_dir)  # fmt: skip
+    with _Recorder(run) as recorder, _StopFlag() as stop:
+        for epoch in range(run.done + 1, cfg.trainer.epochs + 1):
+            record = _run_epoch(run, epoch, stop)
+            _evaluate(run, record)
+            _checkpoint(run, record, recorder, stop)
+    return _finish(run)
 
-    sweep = HydraConfig.get().mode == RunMode.MULTIRUN
-    try:
-        loss = train(cfg)
-    except TrainingInterrupted as stop:  # Ctrl-C / SIGTERM stops a whole sweep too
-        if sweep:
-            _record_job("interrupted", error=str(stop))
-        print(f"vae_pyro.train: {stop}", file=sys.stderr)
-        raise SystemExit(stop.exit_code) from None
-    except Exception as err:
-        if not sweep and isinstance(err, VaePyroError):
-            print(f"vae_pyro.train: error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
-        if not sweep:
-            raise
-        log.error("job failed: %s", err, exc_info=not isinstance(err, VaePyroError))
-        _record_job("failed", error=str(err) or type(err).__name__)
-        return math.inf
-    if sweep and not math.isfinite(loss):
-        _record_job("failed", error=f"final test loss is {loss}")
-        return math.inf
-    if sweep:
-        _record_job("ok", test_loss=loss)
-    return loss
+
+def main() -> None:
+    cli.run("train", train)
 
 
 if __name__ == "__main__":

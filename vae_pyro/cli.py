@@ -1,0 +1,219 @@
+"""The one CLI shell of `python -m vae_pyro.train | sample | evaluate`.
+
+Every command runs through `run`: Hydra composes conf/<command>.yaml onto the command's schema
+(vae_pyro/config.py), the task runs, and every refusal, whether Hydra's (a wrong type, choice
+or key while composing) or ours (a range, a missing file, a damaged checkpoint), is one line on
+stderr and exit code 2. An interruption exits 128 + the signal; a genuine bug keeps its
+traceback. In a sweep (-m) a failed job is recorded in its run dir and returns inf instead, so
+the other jobs run. `--help` is generated from the schema: keys, meanings, allowed values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from vae_pyro import config
+from vae_pyro.errors import TrainingInterrupted, VaePyroError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+log = logging.getLogger(__name__)
+
+# What --help says of each command: a summary, three examples, whether it has config groups.
+COMMANDS: dict[str, tuple[str, tuple[str, ...], bool]] = {
+    "train": (
+        "train a VAE with Pyro's SVI; checkpoint.pt, metrics.jsonl, TensorBoard and figures go "
+        "to the run dir (outputs/<date>/<time>/, or hydra.run.dir=...)",
+        (
+            "python -m vae_pyro.train +experiment=z50",
+            "python -m vae_pyro.train +experiment=z50_binarized trainer.epochs=500 seed=1",
+            "python -m vae_pyro.train -m +experiment=z50 model.z_dim=2,10,50   # a sweep",
+        ),
+        True,
+    ),
+    "sample": (
+        "figures of a trained run (posterior and prior draws, interpolations, latent space) "
+        "as PNGs in <run_dir>/samples/; the model and its data come from the run's checkpoint",
+        (
+            "python -m vae_pyro.sample run_dir=outputs/z50",
+            "python -m vae_pyro.sample run_dir=outputs/z50 seed=1 num_samples=8 'indices=[0,1,2]'",
+            "python -m vae_pyro.sample run_dir=outputs/z2 manifold.steps=20 scale=2",
+        ),
+        False,
+    ),
+    "evaluate": (
+        "importance-weighted estimate of -log p(x) on a run's test set (Burda et al. 2015); "
+        "prints it and writes <run_dir>/eval.json",
+        (
+            "python -m vae_pyro.evaluate run_dir=outputs/z50_dynamic",
+            "python -m vae_pyro.evaluate run_dir=outputs/z50_dynamic num_particles=200 "
+            "output=eval_k200.json",
+            "python -m vae_pyro.evaluate run_dir=outputs/z50_dynamic num_images=1000 device=cpu",
+        ),
+        False,
+    ),
+}
+
+
+def _help_row(key: str, meaning: str, width: int = 36) -> str:
+    """`  key=default   meaning [allowed]`, the meaning wrapped at 100 columns."""
+    indent = " " * (width + 2)
+    first = f"  {key.ljust(width)}" if len(key) < width else f"  {key}\n{indent}"
+    return textwrap.fill(meaning, 100, initial_indent=first, subsequent_indent=indent)
+
+
+def help_template(command: str, summary: str, examples: Sequence[str], groups: bool) -> str:
+    """The text of `python -m vae_pyro.<command> --help` (a Hydra help template)."""
+    rows = config.help_rows(config.SCHEMAS[command])
+    keys = "\n".join(_help_row(k, meaning) for k, meaning in rows)
+    lines = [
+        textwrap.fill(f"python -m vae_pyro.{command}: {summary}", 100),
+        "",
+        f"Usage: python -m vae_pyro.{command} [key=value ...]"
+        + (" [group=option ...] [+experiment=NAME]" if groups else ""),
+        "",
+    ]
+    if groups:
+        lines += ["Groups (group=option; +experiment=NAME appends conf/experiment/NAME.yaml):",
+                  "$APP_CONFIG_GROUPS", ""]  # fmt: skip
+    lines += [
+        "Keys (key=default: meaning [allowed values]; the YAML files in conf/ comment each):",
+        keys.replace("${", "<").replace("}/", ">/"),
+        "",
+        "Examples:",
+        *(f"  {e}" for e in examples),
+        "",
+        "--cfg job prints the composed config and runs nothing; --hydra-help lists Hydra's flags.",
+    ]
+    return "\n".join(lines).replace("$", "$$").replace("$$APP_CONFIG_GROUPS", "$APP_CONFIG_GROUPS")
+
+
+def register() -> None:
+    """Store the schemas and, as hydra/help=vae_pyro_<command> (which conf/<command>.yaml
+    selects), each command's help."""
+    config.register()
+    for command, (summary, examples, groups) in COMMANDS.items():
+        template = help_template(command, summary, examples, groups)
+        node = {"app_name": f"vae_pyro.{command}", "header": "", "footer": "", "template": template}
+        ConfigStore.instance().store(group="hydra/help", name=f"vae_pyro_{command}", node=node)
+
+
+register()
+
+
+def compose_message(command: str, err: BaseException) -> str:
+    """Hydra's composition error (and the OmegaConf error under it) as one line."""
+    cause = err.__cause__ if err.__cause__ is not None else err
+    text = str(err)
+    unknown = re.search(r"Key '[^']+' not in '\w+'\s+full_key: (\S+)", text)
+    if isinstance(cause, ConfigKeyError | ConfigAttributeError) or unknown:
+        override = re.search(r"Could not override '([^']+)'", text)
+        source = re.search(r"In '([^']+)'", text)
+        origin = f" (set by conf/{source.group(1)}.yaml)" if source else ""
+        dotted = override.group(1) if override else getattr(cause, "full_key", None)
+        dotted = dotted or (unknown.group(1) if unknown else "?")
+        return config.unknown_key(config.SCHEMAS[command], dotted, origin)
+    parts = [text.split("Config search path")[0]]  # Hydra's list of folders: noise here
+    if isinstance(cause, OmegaConfBaseException):
+        parts = [parts[0] if cause is not err else "", config.omegaconf_message(cause)]
+    joined = "; ".join(" ".join(p.split()) for p in parts if p.strip())
+    return joined or type(err).__name__
+
+
+def precheck(command: str, cfg: DictConfig) -> None:
+    """Every check that needs no data: the schema's types, choices, ranges and keys, and the
+    device. Run before Hydra creates or writes anything (Precheck) and again by the task."""
+    schema = config.SCHEMAS[command]
+    plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    checked = config.to_object(plain, schema)
+    device = checked
+    for part in schema.DEVICE_KEY.split("."):
+        device = getattr(device, part)
+    config.resolve_device(device, schema.DEVICE_KEY)
+
+
+class Precheck(Callback):
+    """A Hydra callback (conf/<command>.yaml: hydra.callbacks.precheck): refuses a bad config
+    at the start of a run, before Hydra makes the run dir and writes .hydra/ and the log."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            precheck(self.command, config)
+        except VaePyroError as err:  # Hydra turns a callback's exception into a warning
+            _fail(self.command, str(err))
+
+
+def _fail(command: str, message: str) -> None:
+    print(f"vae_pyro.{command}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _record_job(status: str, **fields: Any) -> None:
+    """A sweep job's outcome as status.json in its run dir: vae_pyro.report reads it, not logs."""
+    path = Path(HydraConfig.get().runtime.output_dir) / "status.json"
+    path.write_text(json.dumps({"status": status, **fields}) + "\n")
+
+
+def _job(command: str, task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """One Hydra job: the task, with errors mapped as the module docstring says."""
+    sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        result = task(cfg)
+    except TrainingInterrupted as stop:  # Ctrl-C / SIGTERM stops a whole sweep too
+        if sweep:
+            _record_job("interrupted", error=str(stop))
+        print(f"vae_pyro.{command}: {stop}", file=sys.stderr)
+        raise SystemExit(stop.exit_code) from None
+    except Exception as err:
+        if not sweep and isinstance(err, VaePyroError):
+            _fail(command, str(err))
+        if not sweep:
+            raise
+        log.error("job failed: %s", err, exc_info=not isinstance(err, VaePyroError))
+        _record_job("failed", error=str(err) or type(err).__name__)
+        return math.inf
+    if sweep and isinstance(result, float):
+        ok = math.isfinite(result)
+        _record_job("ok", test_loss=result) if ok else _record_job(
+            "failed", error=f"final test loss is {result}"
+        )
+        return result if ok else math.inf
+    return result
+
+
+def run(command: str, task: Callable[[DictConfig], Any]) -> None:
+    """`python -m vae_pyro.<command>`: compose conf/<command>.yaml with the command line's
+    overrides and run `task` on it, through this module's error handling."""
+    # Hydra prints its own composition errors over several lines and exits 1; with this set it
+    # raises them instead, and they become our one line and exit code 2.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=command)
+
+    def job(cfg: DictConfig) -> Any:
+        return _job(command, task, cfg)
+
+    try:
+        main(job)()
+    except (HydraException, OmegaConfBaseException) as err:
+        _fail(command, compose_message(command, err))

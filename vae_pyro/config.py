@@ -1,0 +1,396 @@
+"""The schemas of every command's configuration, registered in Hydra's ConfigStore.
+
+Hydra merges the YAML files in conf/ (values and comments) onto these dataclasses, so OmegaConf
+rejects a wrong type, an unknown choice or an unknown key while it composes, before any work.
+Ranges are the `rule` beside each field, checked in one place, `Section.__post_init__`, when
+`to_object` turns the composed config into these objects. Each field's `help` is what
+`--help` prints. Choices are Enums whose member names are the values users type; the name ->
+implementation tables live beside the implementations (networks.ARCHS, model.LIKELIHOODS, ...).
+"""
+
+# No `from __future__ import annotations`: OmegaConf reads the field types at runtime.
+import dataclasses
+import difflib
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from vae_pyro.errors import VaePyroError
+
+
+class Choice(str, Enum):
+    """A closed set of values: OmegaConf accepts exactly the member names; equal to its name."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class DataName(Choice):
+    mnist = "mnist"
+    fashion_mnist = "fashion_mnist"
+    cifar10 = "cifar10"
+    npz = "npz"
+    image_folder = "image_folder"
+
+
+class Binarize(Choice):
+    none = "none"
+    dynamic = "dynamic"
+    static = "static"
+
+
+class Arch(Choice):
+    mlp = "mlp"
+    conv = "conv"
+
+
+class Likelihood(Choice):
+    bernoulli = "bernoulli"
+    continuous_bernoulli = "continuous_bernoulli"
+    gaussian = "gaussian"
+
+
+class ScaleParam(Choice):
+    exp = "exp"
+    logvar = "logvar"
+    softplus = "softplus"
+
+
+class Objective(Choice):
+    trace = "trace"
+    meanfield = "meanfield"
+    jit = "jit"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A range: `ok(value)` must hold (null passes where the field is optional)."""
+
+    ok: Callable[[Any], bool]
+    allowed: str
+
+
+def _int_at_least(low: int) -> Rule:
+    return Rule(lambda v: v >= low, f"an integer >= {low}")
+
+
+POSITIVE = _int_at_least(1)
+DEVICE = Rule(
+    lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
+    "auto, cpu, cuda or cuda:N (auto = cuda when available)",
+)
+SEED = Rule(lambda v: 0 <= v < 2**32, "an integer from 0 to 4294967295")
+
+
+def resolve_device(spec: str, key: str = "trainer.device") -> torch.device:
+    """auto -> cuda when available, else cpu; cpu, cuda and cuda:N as asked, if they exist.
+
+    The spelling is checked by the schema (DEVICE); `key` is the config key the errors name
+    (trainer.device, or device for sample/evaluate).
+    """
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise VaePyroError(
+                f"{key}={spec} but CUDA is not available on this machine; "
+                f"use {key}=cpu or {key}=auto"
+            )
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise VaePyroError(
+                f"{key}={spec} but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    return device
+
+
+def key(default: Any = MISSING, help: str = "", rule: Rule | None = None) -> Any:
+    """A schema field: its default, what it means (for --help) and its range."""
+    meta = {"help": help, "rule": rule}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _value(value: Any) -> str:
+    return str(value) if isinstance(value, Enum | int | float | str) else repr(value)
+
+
+@dataclass
+class Section:
+    """Base of every schema: checks each field's rule once the values are final."""
+
+    PREFIX: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            rule, value = f.metadata.get("rule"), getattr(self, f.name)
+            if rule is not None and value is not None and not rule.ok(value):
+                raise VaePyroError(
+                    f"{self.PREFIX}{f.name}={_value(value)} is not allowed: use {rule.allowed}"
+                )
+
+
+@dataclass
+class DataConfig(Section):
+    PREFIX: ClassVar[str] = "data."
+    name: DataName = key(DataName.mnist, "dataset (conf/data/<name>.yaml)")
+    root: str | None = key(None, "folder holding the torchvision files; null = data/")
+    path: str | None = key(None, "npz file or image folder (data=npz | image_folder)")
+    image_size: int | None = key(None, "image_folder: resize to N x N; null = keep", POSITIVE)
+    subset: int | None = key(None, "train on the first N training images only", POSITIVE)
+    batch_size: int = key(256, "training batch size", POSITIVE)
+    binarize: Binarize = key(
+        Binarize.none, "gray levels as targets | fresh Bernoulli draw per use | one fixed draw"
+    )
+
+
+@dataclass
+class ModelConfig(Section):
+    PREFIX: ClassVar[str] = "model."
+    # Training-only keys: the networks a checkpoint holds do not depend on them.
+    TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("kl_weight", "kl_warmup_epochs")
+    arch: Arch = key(Arch.mlp, "encoder/decoder networks (conf/model/<arch>.yaml)")
+    z_dim: int = key(50, "latent dimensions", POSITIVE)
+    hidden_dim: int = key(400, "hidden layer width", POSITIVE)
+    channels: list[int] = key(
+        [32, 64, 128],
+        "conv: feature maps after each stride-2 convolution",
+        Rule(lambda v: len(v) > 0 and min(v) >= 1, "a non-empty list of integers >= 1"),
+    )
+    likelihood: Likelihood = key(Likelihood.bernoulli, "pixel model p(x|z)")
+    scale_param: ScaleParam = key(
+        ScaleParam.exp, "the encoder's fc22 as log-scale | log-variance | through softplus"
+    )
+    kl_weight: float = key(
+        1.0, "beta: loss = -E[log p(x|z)] + beta KL", Rule(lambda v: 0 <= v < math.inf,
+                                                          "a finite number >= 0")
+    )  # fmt: skip
+    kl_warmup_epochs: int = key(0, "KL weight rises from 0 over N epochs", _int_at_least(0))
+
+
+@dataclass
+class OptimConfig(Section):
+    PREFIX: ClassVar[str] = "optim."
+    lr: float = key(
+        1.0e-3, "Adam learning rate", Rule(lambda v: 0 < v < math.inf, "a finite number > 0")
+    )
+    betas: list[float] = key(
+        [0.9, 0.999],
+        "Adam's moment decay rates",
+        Rule(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    )
+    optimizer: dict[str, Any] = key(
+        {"_target_": "vae_pyro.optim.Adam"}, "the PyroOptim to build (_target_ and its args)"
+    )
+
+
+@dataclass
+class ElboConfig(Section):
+    PREFIX: ClassVar[str] = "elbo."
+    name: Objective = key(Objective.trace, "training objective (conf/elbo/<name>.yaml)")
+    num_particles: int = key(1, "ELBO samples per image and step, vectorized", POSITIVE)
+    vectorize_particles: bool = key(True, "num_particles > 1: all in one pass")
+
+
+@dataclass
+class TrainerConfig(Section):
+    PREFIX: ClassVar[str] = "trainer."
+    epochs: int = key(10, "passes over the training set", POSITIVE)
+    eval_every: int = key(1, "test ELBO every N epochs (and after the last)", POSITIVE)
+    eval_batch_size: int = key(2000, "images per test batch (memory only)", POSITIVE)
+    device: str = key("auto", "where to train", DEVICE)
+    checkpoint_every: int = key(1, "write checkpoint.pt every N epochs (and after the last)",
+                                POSITIVE)  # fmt: skip
+    resume: bool = key(False, "continue the checkpoint in hydra.run.dir")
+    resume_from: str | None = key(None, "a checkpoint.pt or run dir to continue from")
+
+
+@dataclass
+class TrainConfig(Section):
+    DEVICE_KEY: ClassVar[str] = "trainer.device"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    elbo: ElboConfig = field(default_factory=ElboConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = key(0, "same config + seed = same numbers on the CPU", SEED)
+
+
+@dataclass
+class PriorFigure(Section):
+    PREFIX: ClassVar[str] = "prior."
+    num: int = key(64, "images decoded from z ~ p(z)", POSITIVE)
+    nrow: int = key(8, "images per row", POSITIVE)
+    bernoulli: bool = key(True, "also show one draw of p(x|z) of each")
+
+
+@dataclass
+class InterpolationFigure(Section):
+    PREFIX: ClassVar[str] = "interpolation."
+    pairs: list[list[int]] | None = key(
+        None,
+        "[[a, b], ...] test indices; null = consecutive pairs of `indices`",
+        Rule(lambda v: len(v) > 0 and all(len(p) == 2 for p in v), "a list of [a, b] pairs"),
+    )
+    steps: int = key(10, "decoded points on each line, both ends included", _int_at_least(2))
+
+
+@dataclass
+class ManifoldFigure(Section):
+    PREFIX: ClassVar[str] = "manifold."
+    steps: int = key(15, "z_dim = 2: steps x steps decoded grid", _int_at_least(2))
+    quantile: float = key(
+        0.02, "the grid spans the N(0, 1) quantiles q ... 1 - q",
+        Rule(lambda v: 0 < v < 0.5, "a number in (0, 0.5)"),
+    )  # fmt: skip
+
+
+@dataclass
+class SampleConfig(Section):
+    DEVICE_KEY: ClassVar[str] = "device"
+    run_dir: str = key(MISSING, "a training run's directory, holding checkpoint.pt (required)")
+    out_dir: str = key("${run_dir}/samples", "where the PNGs go")
+    seed: int = key(0, "same seed and options = same figures", SEED)
+    device: str = key("auto", "where to decode", DEVICE)
+    indices: list[int] | None = key(
+        None,
+        "test images in posterior.png; null = the first of each class",
+        Rule(lambda v: len(v) > 0 and min(v) >= 0, "a non-empty list of indices >= 0"),
+    )
+    num_samples: int = key(15, "draws z ~ q(z|x) per image in posterior.png", POSITIVE)
+    prior: PriorFigure = field(default_factory=PriorFigure)
+    interpolation: InterpolationFigure = field(default_factory=InterpolationFigure)
+    manifold: ManifoldFigure = field(default_factory=ManifoldFigure)
+    scale: int = key(1, "each pixel becomes scale x scale pixels", POSITIVE)
+
+
+@dataclass
+class EvaluateConfig(Section):
+    DEVICE_KEY: ClassVar[str] = "device"
+    run_dir: str = key(MISSING, "a training run's directory, holding checkpoint.pt (required)")
+    num_particles: int = key(5000, "K: importance samples per test image", POSITIVE)
+    max_batch_elements: int = key(100_000, "(particle, image) pairs per decoder call (memory)",
+                                  POSITIVE)  # fmt: skip
+    num_images: int | None = key(None, "the first N test images only; null = all", POSITIVE)
+    seed: int = key(0, "same seed and options = same numbers on the same device", SEED)
+    device: str = key("auto", "where to evaluate", DEVICE)
+    output: str = key("eval.json", "file name inside run_dir")
+
+
+SCHEMAS = {"train": TrainConfig, "sample": SampleConfig, "evaluate": EvaluateConfig}
+
+
+def register() -> None:
+    """Store each command's schema (`<command>_schema`, first in its YAML's defaults list)."""
+    store = ConfigStore.instance()
+    for command, schema in SCHEMAS.items():
+        store.store(name=f"{command}_schema", node=schema)
+
+
+S = TypeVar("S", bound=Section)
+
+
+def to_object(cfg: DictConfig | Mapping[str, Any], schema: type[S]) -> S:
+    """The composed config (or a plain dict, e.g. a checkpoint's) as checked schema objects.
+
+    Missing keys take the schema's defaults; a wrong type, choice, range, unknown key or a
+    required value left out is one VaePyroError naming the key.
+    """
+    if isinstance(cfg, schema):
+        return cfg
+    _refuse_unknown_keys(cfg, schema)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        return OmegaConf.to_object(merged)
+    except MissingMandatoryValue as err:
+        raise VaePyroError(f"{err.full_key} is required: give {err.full_key}=...") from None
+    except OmegaConfBaseException as err:
+        raise VaePyroError(omegaconf_message(err)) from None
+
+
+def keys(schema: type[Section], prefix: str = "") -> list[str]:
+    """Every dotted key of a schema, nested sections included."""
+    out: list[str] = []
+    for f in dataclasses.fields(schema):
+        if isinstance(f.type, type) and issubclass(f.type, Section):
+            out += keys(f.type, f"{prefix}{f.name}.")
+        else:
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def unknown_key(schema: type[Section], dotted: str, origin: str = "") -> str:
+    """The refusal of a key the schema lacks, with the closest known key as a hint."""
+    close = difflib.get_close_matches(dotted, keys(schema), n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"unknown key {dotted}{origin}: {hint}--help lists the keys"
+
+
+def _refuse_unknown_keys(
+    node: Any, schema: type[Section], prefix: str = "", root: type[Section] | None = None
+) -> None:
+    """Hydra's `+key=value` adds keys even to typed sections (its force_add): refuse them."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for name in node if isinstance(node, Mapping | DictConfig) else ():
+        if name not in fields:
+            raise VaePyroError(unknown_key(root or schema, f"{prefix}{name}"))
+        kind = fields[name].type
+        if isinstance(kind, type) and issubclass(kind, Section):
+            _refuse_unknown_keys(node[name], kind, f"{prefix}{name}.", root or schema)
+
+
+def omegaconf_message(err: OmegaConfBaseException) -> str:
+    """OmegaConf's error on one line, naming the key it concerns."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    full_key = getattr(err, "full_key", None)
+    if full_key and "not in" in first:  # an unknown key: typed sections accept only their own
+        return f"unknown key {full_key}: {first}"
+    return f"{full_key}: {first}" if full_key else first
+
+
+def as_dict(section: Section) -> dict[str, Any]:
+    """Plain data (choices as strings): what a checkpoint stores and a reader compares."""
+    return OmegaConf.to_container(OmegaConf.structured(section), enum_to_str=True)
+
+
+def help_rows(schema: type[Section], prefix: str = "") -> list[tuple[str, str]]:
+    """(key=default, meaning and allowed values) for every key of a schema, nested included."""
+    rows: list[tuple[str, str]] = []
+    for f in dataclasses.fields(schema):
+        kind = f.type if isinstance(f.type, type) else None
+        if kind is not None and issubclass(kind, Section):
+            rows += help_rows(kind, f"{prefix}{f.name}.")
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        name = f"{prefix}{f.name}"
+        if isinstance(default, dict) and "_target_" in default:  # a class to build: name it
+            name, default = f"{name}._target_", default["_target_"]
+        shown = "???" if default is MISSING else _yaml(default)
+        choices, rule = _choices(f.type), f.metadata.get("rule")
+        allowed = choices or (rule.allowed if rule else "")
+        meaning = f.metadata.get("help", "")
+        rows.append((f"{name}={shown}", f"{meaning} [{allowed}]" if allowed else meaning))
+    return rows
+
+
+def _yaml(value: Any) -> str:
+    """A value as it is typed on the command line."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return _value(value).replace("'", "")
+
+
+def _choices(annotation: Any) -> str:
+    kind = annotation if isinstance(annotation, type) else None
+    if kind is not None and issubclass(kind, Choice):
+        return " | ".join(member.name for member in kind)
+    return ""
