@@ -74,7 +74,7 @@ def test_bad_input_is_one_clear_error(make_cfg, cli_run, override, message):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("override", "message"), [BAD[0], BAD[-1]], ids=[BAD[0][0], BAD[-1][0]])
+@pytest.mark.parametrize(("override", "message"), BAD[:2], ids=[b[0] for b in BAD[:2]])
 def test_bad_input_from_the_command_line_is_one_line_and_exit_2(cli_run, override, message):
     _, run_dir = cli_run
     before = {p: (run_dir / p).read_bytes() for p in ("checkpoint.pt", "metrics.jsonl")}

@@ -63,6 +63,13 @@ TRAIN_BAD = [
     ("model.kl_warmup_epochs=1.5", "model.kl_warmup_epochs: Value '1.5' of type 'float' could"),
     ("elbo.num_particles=0", "elbo.num_particles=0 is not allowed: use an integer >= 1"),
     ("elbo.name=renyi", "elbo.name: Invalid value 'renyi', expected one of [trace, meanfield"),
+    ("elbo=renyi", "Could not find 'elbo/renyi' Available options in 'elbo':"),
+    ("model/prior=gauss", "Could not find 'model/prior/gauss' Available options in 'model/prior"),
+    ("model.prior.name=gauss", "model.prior.name: Invalid value 'gauss', expected one of [stan"),
+    ("model.prior.components=0", "model.prior.components=0 is not allowed: use an integer >= 1"),
+    ("model.posterior.depth=0", "model.posterior.depth=0 is not allowed: use an integer >= 1"),
+    ("model.posterior.hidden=-1", "model.posterior.hidden=-1 is not allowed: use an integer"),
+    ("model.hidden_layers=0", "model.hidden_layers=0 is not allowed: use an integer >= 1"),
     ("optim.lr=0", "optim.lr=0.0 is not allowed: use a finite number > 0"),
     ("optim.lr=-0.001", "optim.lr=-0.001 is not allowed: use a finite number > 0"),
     ("optim.lr=inf", "optim.lr=inf is not allowed: use a finite number > 0"),
@@ -97,7 +104,7 @@ def test_every_bad_train_value_is_one_line_before_any_work(override, message, tm
     assert not (tmp_path / "run").exists()  # no work: not even the run dir
 
 
-SAMPLE_BAD = [
+READER_BAD = [
     ("seed=-1", "seed=-1 is not allowed"),
     ("num_samples=0", "num_samples=0 is not allowed: use an integer >= 1"),
     ("prior.num=0", "prior.num=0 is not allowed: use an integer >= 1"),
@@ -113,32 +120,31 @@ SAMPLE_BAD = [
     ("+model.z_dim=3", "unknown key model:"),
     ("+data=mnist", "unknown key data (set by conf/data/mnist.yaml)"),
     ("num_sample=3", "unknown key num_sample: did you mean num_samples?"),
+    ("z=[1,2]", "z=[1, 2] is not allowed: use a non-empty list of lists of numbers"),
+    ("latent.method=umap", "latent.method: Invalid value 'umap', expected one of [pca, tsne]"),
+]
+READER_BAD = [("sample", *row) for row in READER_BAD] + [
+    ("evaluate", "num_particles=0", "num_particles=0 is not allowed: use an integer >= 1"),
+    (
+        "evaluate",
+        "max_batch_elements=0",
+        "max_batch_elements=0 is not allowed: use an integer >= 1",
+    ),
+    ("evaluate", "num_images=0", "num_images=0 is not allowed: use an integer >= 1"),
+    ("evaluate", "seed=4294967296", "seed=4294967296 is not allowed"),
+    ("evaluate", "device=tpu", "device=tpu is not allowed"),
+    ("evaluate", "+experiment=z50", "unknown key model (set by conf/experiment/z50.yaml)"),
+    ("evaluate", "+trainer.epochs=3", "unknown key trainer:"),
 ]
 
 
-@pytest.mark.parametrize(("override", "message"), SAMPLE_BAD, ids=[b[0] for b in SAMPLE_BAD])
-def test_every_bad_sample_value_is_one_line(override, message, tmp_path):
+@pytest.mark.parametrize(
+    ("command", "override", "message"), READER_BAD, ids=[f"{c} {o}" for c, o, _ in READER_BAD]
+)
+def test_every_bad_sample_or_evaluate_value_is_one_line(command, override, message, tmp_path):
+    """Also: nothing written into the run dir (it holds a checkpoint of the first release)."""
     shutil.copy(FIXTURE, tmp_path / "checkpoint.pt")
-    said = refusal("sample", f"run_dir={tmp_path}", override, run_dir=tmp_path)
-    assert message in said and "\n" not in said
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
-
-
-EVALUATE_BAD = [
-    ("num_particles=0", "num_particles=0 is not allowed: use an integer >= 1"),
-    ("max_batch_elements=0", "max_batch_elements=0 is not allowed: use an integer >= 1"),
-    ("num_images=0", "num_images=0 is not allowed: use an integer >= 1"),
-    ("seed=4294967296", "seed=4294967296 is not allowed"),
-    ("device=tpu", "device=tpu is not allowed"),
-    ("+experiment=z50", "unknown key model (set by conf/experiment/z50.yaml)"),
-    ("+trainer.epochs=3", "unknown key trainer:"),
-]
-
-
-@pytest.mark.parametrize(("override", "message"), EVALUATE_BAD, ids=[b[0] for b in EVALUATE_BAD])
-def test_every_bad_evaluate_value_is_one_line(override, message, tmp_path):
-    shutil.copy(FIXTURE, tmp_path / "checkpoint.pt")
-    said = refusal("evaluate", f"run_dir={tmp_path}", override, run_dir=tmp_path)
+    said = refusal(command, f"run_dir={tmp_path}", override, run_dir=tmp_path)
     assert message in said and "\n" not in said
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
 

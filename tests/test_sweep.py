@@ -37,11 +37,12 @@ def _python(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-def _sweep(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    """`python -m vae_pyro.train -m ...` from a foreign working directory."""
+def _sweep(sweep_dir: Path, *overrides: str, code: int = 0) -> subprocess.CompletedProcess:
+    """`python -m vae_pyro.train -m ...` from a foreign working directory; `code`: its exit
+    code (1 when jobs failed)."""
     args = ["-m", "vae_pyro.train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
     proc = _python(args, cwd=sweep_dir.parent)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == code, proc.stderr[-3000:]
     assert "Traceback" not in proc.stdout + proc.stderr
     return proc
 
@@ -134,12 +135,17 @@ def test_report_cli_equals_each_runs_metrics(grid):
 
 @pytest.mark.slow
 def test_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
-    """The first job fails validation; the second still trains, and the report marks both."""
+    """The first job fails validation; the second still trains, and the report marks both.
+    The sweep then exits 1 with one line saying how many jobs failed and where to look."""
     sweep_dir = tmp_path / "sweep"
-    proc = _sweep(sweep_dir, *TINY, "model.z_dim=2", "model.hidden_dim=-3,16")
+    proc = _sweep(sweep_dir, *TINY, "model.z_dim=2", "model.hidden_dim=-3,16", code=1)
     message = "model.hidden_dim=-3 is not allowed: use an integer >= 1"
     assert f"job failed: {message}" in proc.stdout
     failed, ok = sweep_dir / "0", sweep_dir / "1"
+    assert proc.stderr.splitlines()[-1] == (
+        f"vae_pyro.train: error: 1 of 2 sweep jobs failed (their status.json: "
+        f"{failed / 'status.json'}); python -m vae_pyro.report {sweep_dir} lists them"
+    )
     assert _status(failed) == {
         "status": "failed",
         "error": message,

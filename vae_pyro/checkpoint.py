@@ -1,15 +1,15 @@
 """The checkpoint: what it holds (built and read here alone), its format, the atomic write.
 
 A checkpoint is one torch.save'd dict: format, epoch, position (where an interrupted epoch
-stopped), encoder and decoder weights, optimizer state, RNG state, metrics history, image
-shape and the resolved training config. Readers get a `Checkpoint`; nothing else knows the keys.
+stopped), the weights of the networks (encoder, decoder, and the prior's and posterior's learned
+parts), optimizer state, RNG state, metrics history, image shape and the resolved training
+config. Readers get a `Checkpoint`; nothing else knows the keys.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +20,15 @@ from pyro.optim import PyroOptim
 
 from vae_pyro.config import DataConfig, ModelConfig, as_dict, to_object
 from vae_pyro.errors import VaePyroError
+from vae_pyro.files import atomic_write
 from vae_pyro.model import VAE, build_vae
 
-FORMAT = "vae-pyro-checkpoint/1"
-# Format 1 as first released named the ELBO by its Pyro class (`elbo._target_`); it is read as
-# the `elbo.name` that replaced it.
+# Format 2 adds the prior's and posterior's weights (VampPrior, flows). Format 1 (the first
+# release) has none: its prior is N(0, I), its posterior the diagonal Normal; it named the ELBO
+# by its Pyro class (`elbo._target_`), read as the `elbo.name` that replaced it.
+FORMAT = "vae-pyro-checkpoint/2"
+READABLE = ("vae-pyro-checkpoint/1", FORMAT)
+NETWORKS = ("encoder", "decoder", "prior_net", "posterior_net")  # the VAE's parts, by name
 _ELBO_NAMES = {
     "pyro.infer.Trace_ELBO": "trace",
     "pyro.infer.TraceMeanField_ELBO": "meanfield",
@@ -95,8 +99,7 @@ def build(
     return {
         "epoch": epoch,
         "position": None if position is None else vars(position).copy(),
-        "encoder": vae.encoder.state_dict(),
-        "decoder": vae.decoder.state_dict(),
+        **{name: getattr(vae, name).state_dict() for name in NETWORKS},
         "optimizer": optimizer.get_state(),
         "rng": rng_state(),
         "metrics": list(metrics),
@@ -109,28 +112,21 @@ def save(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write to a temp file in the same directory, fsync, then rename over the target.
 
     A crash at any point leaves either the previous checkpoint or the new one, never half of one,
-    and NaN/inf weights are never written.
+    and NaN/inf weights are never written. The file gets the user's umask (not mkstemp's 0600).
     """
     path = Path(path)
-    for name in ("encoder", "decoder"):
-        bad = [k for k, v in payload.get(name, {}).items() if not torch.isfinite(v).all()]
+    for name in NETWORKS:
+        weights = payload.get(name, {})
+        bad = [k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()]
         if bad:
             raise VaePyroError(f"refusing to write non-finite {name} weights {bad} to {path}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):  # disk full, quota, permissions: the old file is intact
-            raise VaePyroError(
-                f"could not write checkpoint {path}: {err.strerror or err}; "
-                "the previous checkpoint (if any) is unchanged"
-            ) from None
-        raise
+        atomic_write(path, lambda f: torch.save({"format": FORMAT, **payload}, f))
+    except OSError as err:  # disk full, quota, permissions: the old file is intact
+        raise VaePyroError(
+            f"could not write checkpoint {path}: {err.strerror or err}; "
+            "the previous checkpoint (if any) is unchanged"
+        ) from None
 
 
 def _not_a_checkpoint(path: Path) -> str | None:
@@ -164,7 +160,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
         raise VaePyroError(
             f"cannot read checkpoint {path}: the file is truncated or damaged ({reason})"
         ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in READABLE:
         found = payload.get("format") if isinstance(payload, dict) else None
         raise VaePyroError(
             f"{path} is not a vae-pyro checkpoint: it is a PyTorch file of "
@@ -201,8 +197,15 @@ def read(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> C
         raise VaePyroError(f"checkpoint {path} lacks {err} (an incomplete checkpoint)") from None
 
 
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        flat.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return flat
+
+
 def _differences(saved: ModelConfig, current: ModelConfig) -> list[str]:
-    before, after = as_dict(saved), as_dict(current)
+    before, after = _flat(as_dict(saved)), _flat(as_dict(current))
     return [
         f"checkpoint model.{k}={before[k]}, this command model.{k}={after[k]}"
         for k in before
@@ -220,8 +223,8 @@ def restore_networks(vae: VAE, ckpt: Checkpoint) -> None:
             f"{'; '.join(differ)}. Use the run's settings, or start a new run dir"
         )
     try:
-        vae.encoder.load_state_dict(ckpt._payload["encoder"])
-        vae.decoder.load_state_dict(ckpt._payload["decoder"])
+        for name in NETWORKS:  # format 1 has no prior or posterior weights: none to load
+            getattr(vae, name).load_state_dict(ckpt._payload.get(name, {}))
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise VaePyroError(

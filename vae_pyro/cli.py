@@ -5,7 +5,8 @@ Every command runs through `run`: Hydra composes conf/<command>.yaml onto the co
 or key while composing) or ours (a range, a missing file, a damaged checkpoint), is one line on
 stderr and exit code 2. An interruption exits 128 + the signal; a genuine bug keeps its
 traceback. In a sweep (-m) a failed job is recorded in its run dir and returns inf instead, so
-the other jobs run. `--help` is generated from the schema: keys, meanings, allowed values.
+the other jobs run; the sweep then exits 1, naming them. `--help` is generated from the schema:
+keys, meanings, allowed values.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from vae_pyro import config
+from vae_pyro import config, files
 from vae_pyro.errors import TrainingInterrupted, VaePyroError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = files.shipped("conf", "conf")  # conf/; in a wheel, vae_pyro/conf/
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +139,10 @@ def compose_message(command: str, err: BaseException) -> str:
     return joined or type(err).__name__
 
 
-def precheck(command: str, cfg: DictConfig) -> None:
+def precheck(command: str, cfg: DictConfig) -> config.Section:
     """Every check that needs no data: the schema's types, choices, ranges and keys, and the
-    device. Run before Hydra creates or writes anything (Precheck) and again by the task."""
+    device. Run before Hydra creates or writes anything (Precheck) and again by the task.
+    Returns the checked config."""
     schema = config.SCHEMAS[command]
     plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     checked = config.to_object(plain, schema)
@@ -148,31 +150,80 @@ def precheck(command: str, cfg: DictConfig) -> None:
     for part in schema.DEVICE_KEY.split("."):
         device = getattr(device, part)
     config.resolve_device(device, schema.DEVICE_KEY)
+    return checked
+
+
+# command -> what Precheck runs next, given the checked config and hydra.run.dir, before Hydra
+# writes into that dir (train: lock it, refuse to start over a run). It returns None to go on,
+# or a message to print before exiting 0 (nothing to do); it raises VaePyroError to refuse.
+Prepare = Callable[[Any, Path], str | None]
+_PREPARE: dict[str, Prepare] = {}
+
+
+def _statuses(sweep_dir: Path) -> dict[Path, tuple[int, int]]:
+    """Every job's status.json under a sweep dir, with its (inode, mtime): what changed since
+    the sweep began was written by it, whichever process or node ran the job (each write makes
+    a new file, so a new inode, however coarse the clock)."""
+    found = sweep_dir.rglob("status.json") if sweep_dir.is_dir() else ()
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in found}
+
+
+def _failed(status: Path) -> bool:
+    try:
+        return json.loads(status.read_text()).get("status") == "failed"
+    except (OSError, ValueError, AttributeError):  # half-written or foreign: not a success
+        return True
 
 
 class Precheck(Callback):
     """A Hydra callback (conf/<command>.yaml: hydra.callbacks.precheck): refuses a bad config
-    at the start of a run, before Hydra makes the run dir and writes .hydra/ and the log."""
+    at the start of a run, before Hydra makes the run dir and writes .hydra/ and the log; and
+    after a sweep, exits 1 if any of its jobs failed."""
 
     def __init__(self, command: str) -> None:
         self.command = command
+        self.before: dict[Path, tuple[int, int]] = {}
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        prepare = _PREPARE.get(self.command)
         try:
-            precheck(self.command, config)
+            checked = precheck(self.command, config)
+            said = prepare(checked, Path(config.hydra.run.dir)) if prepare else None
         except VaePyroError as err:  # Hydra turns a callback's exception into a warning
             _fail(self.command, str(err))
+        if said is not None:
+            print(said)
+            raise SystemExit(0)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir).absolute()
+        try:
+            files.check_writable(sweep_dir)  # else a traceback from Hydra's launcher
+        except VaePyroError as err:
+            _fail(self.command, str(err))
+        self.before = _statuses(sweep_dir)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir).absolute()
+        ran = [p for p, seen in _statuses(sweep_dir).items() if self.before.get(p) != seen]
+        failed = [p for p in ran if _failed(p)]
+        if failed:
+            shown = ", ".join(map(str, failed[:3])) + (" ..." if len(failed) > 3 else "")
+            _fail(self.command, f"{len(failed)} of {len(ran)} sweep jobs failed (their "
+                  f"status.json: {shown}); python -m vae_pyro.report {sweep_dir} lists them",
+                  code=1)  # fmt: skip
 
 
-def _fail(command: str, message: str) -> None:
+def _fail(command: str, message: str, code: int = 2) -> None:
     print(f"vae_pyro.{command}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(code)
 
 
 def _record_job(status: str, **fields: Any) -> None:
     """A sweep job's outcome as status.json in its run dir: vae_pyro.report reads it, not logs."""
     path = Path(HydraConfig.get().runtime.output_dir) / "status.json"
-    path.write_text(json.dumps({"status": status, **fields}) + "\n")
+    text = json.dumps({"status": status, **fields}) + "\n"
+    files.atomic_write(path, lambda f: f.write(text.encode()))  # a new file: see _statuses
 
 
 def _job(command: str, task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
@@ -202,9 +253,12 @@ def _job(command: str, task: Callable[[DictConfig], Any], cfg: DictConfig) -> An
     return result
 
 
-def run(command: str, task: Callable[[DictConfig], Any]) -> None:
+def run(command: str, task: Callable[[DictConfig], Any], prepare: Prepare | None = None) -> None:
     """`python -m vae_pyro.<command>`: compose conf/<command>.yaml with the command line's
-    overrides and run `task` on it, through this module's error handling."""
+    overrides and run `task` on it, through this module's error handling. `prepare` runs before
+    Hydra writes into the run dir (see _PREPARE)."""
+    if prepare is not None:
+        _PREPARE[command] = prepare
     # Hydra prints its own composition errors over several lines and exits 1; with this set it
     # raises them instead, and they become our one line and exit code 2.
     os.environ["HYDRA_FULL_ERROR"] = "1"

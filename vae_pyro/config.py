@@ -68,6 +68,22 @@ class Objective(Choice):
     trace = "trace"
     meanfield = "meanfield"
     jit = "jit"
+    iwae = "iwae"
+
+
+class PriorName(Choice):
+    standard = "standard"
+    vamp = "vamp"
+
+
+class PosteriorName(Choice):
+    diagonal = "diagonal"
+    iaf = "iaf"
+
+
+class LatentMethod(Choice):
+    pca = "pca"
+    tsne = "tsne"
 
 
 @dataclass(frozen=True)
@@ -154,6 +170,25 @@ class DataConfig(Section):
 
 
 @dataclass
+class PriorConfig(Section):
+    PREFIX: ClassVar[str] = "model.prior."
+    name: PriorName = key(
+        PriorName.standard, "p(z): N(0, I) | VampPrior (conf/model/prior/<name>.yaml)"
+    )
+    components: int = key(500, "vamp: K pseudo-inputs u_k, p(z) = mean of q(z|u_k)", POSITIVE)
+
+
+@dataclass
+class PosteriorConfig(Section):
+    PREFIX: ClassVar[str] = "model.posterior."
+    name: PosteriorName = key(
+        PosteriorName.diagonal, "q(z|x): diagonal Normal | then IAF steps (conf/model/posterior/)"
+    )
+    depth: int = key(2, "iaf: flow steps", POSITIVE)
+    hidden: int = key(320, "iaf: width of each step's two hidden layers", POSITIVE)
+
+
+@dataclass
 class ModelConfig(Section):
     PREFIX: ClassVar[str] = "model."
     # Training-only keys: the networks a checkpoint holds do not depend on them.
@@ -161,6 +196,7 @@ class ModelConfig(Section):
     arch: Arch = key(Arch.mlp, "encoder/decoder networks (conf/model/<arch>.yaml)")
     z_dim: int = key(50, "latent dimensions", POSITIVE)
     hidden_dim: int = key(400, "hidden layer width", POSITIVE)
+    hidden_layers: int = key(1, "hidden layers of the encoder and of the decoder", POSITIVE)
     channels: list[int] = key(
         [32, 64, 128],
         "conv: feature maps after each stride-2 convolution",
@@ -175,6 +211,8 @@ class ModelConfig(Section):
                                                           "a finite number >= 0")
     )  # fmt: skip
     kl_warmup_epochs: int = key(0, "KL weight rises from 0 over N epochs", _int_at_least(0))
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
 
 
 @dataclass
@@ -197,7 +235,7 @@ class OptimConfig(Section):
 class ElboConfig(Section):
     PREFIX: ClassVar[str] = "elbo."
     name: Objective = key(Objective.trace, "training objective (conf/elbo/<name>.yaml)")
-    num_particles: int = key(1, "ELBO samples per image and step, vectorized", POSITIVE)
+    num_particles: int = key(1, "samples per image and step (iwae: K)", POSITIVE)
     vectorize_particles: bool = key(True, "num_particles > 1: all in one pass")
 
 
@@ -254,6 +292,19 @@ class ManifoldFigure(Section):
     )  # fmt: skip
 
 
+def _vectors(value: list[Any]) -> bool:
+    def number(x: Any) -> bool:
+        return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+    return len(value) > 0 and all(isinstance(v, list) and all(map(number, v)) for v in value)
+
+
+@dataclass
+class LatentFigure(Section):
+    PREFIX: ClassVar[str] = "latent."
+    method: LatentMethod = key(LatentMethod.pca, "latent.png for z_dim > 2: PCA | t-SNE")
+
+
 @dataclass
 class SampleConfig(Section):
     DEVICE_KEY: ClassVar[str] = "device"
@@ -270,7 +321,18 @@ class SampleConfig(Section):
     prior: PriorFigure = field(default_factory=PriorFigure)
     interpolation: InterpolationFigure = field(default_factory=InterpolationFigure)
     manifold: ManifoldFigure = field(default_factory=ManifoldFigure)
+    latent: LatentFigure = field(default_factory=LatentFigure)
     scale: int = key(1, "each pixel becomes scale x scale pixels", POSITIVE)
+    z: list[Any] | None = key(
+        None,
+        "latent vectors to decode into decoded.png (only that figure)",
+        Rule(_vectors, "a non-empty list of lists of numbers, e.g. 'z=[[0.2,-1.0]]'"),
+    )
+    images: list[str] | None = key(
+        None,
+        "image files to encode into posterior.png (only that figure)",
+        Rule(lambda v: len(v) > 0, "a non-empty list of paths"),
+    )
 
 
 @dataclass
@@ -284,6 +346,7 @@ class EvaluateConfig(Section):
     seed: int = key(0, "same seed and options = same numbers on the same device", SEED)
     device: str = key("auto", "where to evaluate", DEVICE)
     output: str = key("eval.json", "file name inside run_dir")
+    overwrite: bool = key(False, "replace an existing output (else refused before any work)")
 
 
 SCHEMAS = {"train": TrainConfig, "sample": SampleConfig, "evaluate": EvaluateConfig}

@@ -13,20 +13,22 @@ import hashlib
 import io
 import logging
 import os
-from collections import Counter
+from collections import Counter, UserDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.error import URLError
 
 import numpy as np
 import torch
-from torchvision import datasets, transforms
-from torchvision.datasets.utils import check_integrity
 
 from vae_pyro.config import DataConfig, to_object
 from vae_pyro.errors import VaePyroError
+from vae_pyro.files import shipped
+
+if TYPE_CHECKING:  # torchvision is imported where it reads files: it is slow to import
+    from torchvision import datasets
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +38,38 @@ _IDX_FILES = [
     "t10k-images-idx3-ubyte.gz",
     "t10k-labels-idx1-ubyte.gz",
 ]
+
+
+class _Lazy(UserDict):
+    """A table whose entries name their torchvision.datasets class until one is read, so that
+    importing this module does not import torchvision."""
+
+    def __getitem__(self, name: str) -> tuple[Any, ...]:
+        entry = self.data[name]
+        if isinstance(entry[0], str):
+            from torchvision import datasets
+
+            entry = self.data[name] = (getattr(datasets, entry[0]), *entry[1:])
+        return entry
+
+
 # name -> (torchvision class, its folder under data.root, the files that folder must hold)
-TORCHVISION = {
-    "mnist": (datasets.MNIST, "MNIST/raw", _IDX_FILES),
-    "fashion_mnist": (datasets.FashionMNIST, "FashionMNIST/raw", _IDX_FILES),
-    "cifar10": (
-        datasets.CIFAR10,
-        "cifar-10-batches-py",
-        [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"],
-    ),
-}
+TORCHVISION = _Lazy(
+    {
+        "mnist": ("MNIST", "MNIST/raw", _IDX_FILES),
+        "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw", _IDX_FILES),
+        "cifar10": (
+            "CIFAR10",
+            "cifar-10-batches-py",
+            [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"],
+        ),
+    }
+)
 # Where cifar10 looks when torchvision's batch files are absent: an npz with the same content
 # (the layout of the shared offline copy: <data.root>/CIFAR10/cifar10.npz).
 CIFAR10_NPZ = "CIFAR10/cifar10.npz"
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data"
+DEFAULT_ROOT = shipped("_data", "data")  # the committed MNIST: data/, in a wheel vae_pyro/_data/
 
 # data.binarize: none = gray levels in [0, 1] (Pyro's tutorial); dynamic = a fresh Bernoulli draw
 # of each training image every time it is used (Burda et al.'s IWAE protocol); static = one
@@ -126,6 +145,8 @@ def _torchvision_root(root: Path, folder: str, files: list[str]) -> Path:
 def _check_files(cls: type, raw: Path) -> None:
     """A damaged download (truncated, corrupt) named as such, by torchvision's own MD5 records
     of its files, instead of torchvision's "not found" after it fails to fetch a good copy."""
+    from torchvision.datasets.utils import check_integrity
+
     records = getattr(cls, "resources", None) or [
         *getattr(cls, "train_list", []),
         *getattr(cls, "test_list", []),
@@ -251,6 +272,8 @@ def _cifar10_splits(root: Path, path: Path | None) -> Splits:
 
 
 def _folder_split(folder: Path, image_size: int | None) -> datasets.ImageFolder:
+    from torchvision import datasets, transforms
+
     if not folder.is_dir():
         raise VaePyroError(
             f"image folder not found: {folder}. data.path must hold train/ and test/, each with "

@@ -11,4 +11,3 @@ class TrainingInterrupted(Exception):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum  # the shell's convention for death by signal
-

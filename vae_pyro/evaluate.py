@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from vae_pyro.checkpoint import load_vae
 from vae_pyro.config import EvaluateConfig, resolve_device, to_object
 from vae_pyro.data import load_data_config
 from vae_pyro.errors import VaePyroError
+from vae_pyro.files import atomic_write, check_output
 from vae_pyro.model import VAE
 from vae_pyro.networks import Decoder
 
@@ -62,7 +61,7 @@ def _log_likelihood(vae: VAE, flat: torch.Tensor, z: torch.Tensor) -> torch.Tens
     if getattr(vae, "likelihood_name", None) != "bernoulli" or not isinstance(vae.decoder, Decoder):
         return vae.likelihood(z).log_prob(flat)
     dec = vae.decoder
-    hidden = dec.softplus(dec.fc1(z))
+    hidden = dec.hidden(z)
     x_dot_logits = torch.einsum("kbh,bh->kb", hidden, flat @ dec.fc21.weight) + flat @ dec.fc21.bias
     return x_dot_logits - F.softplus(dec.fc21(hidden)).sum(-1)
 
@@ -111,7 +110,11 @@ def importance_sample(
     across particle chunks, so the result does not depend on the chunking (up to rounding).
     """
     n = x.shape[0]
-    images, particles = _chunks(num_particles, max_batch_elements)
+    # A mixture prior (VampPrior) holds a (particle, image, component, z_dim) tensor: as many
+    # numbers per pair as that over the pixels bounds memory like the decoder's rows.
+    mixture = getattr(vae, "prior_net", None)
+    per_pair = (mixture.components * vae.z_dim) // x[0].numel() if mixture is not None else 0
+    images, particles = _chunks(num_particles, max(1, max_batch_elements // max(1, per_pair)))
     out = {key: torch.empty(n, dtype=torch.float64) for key in ("log_px", "elbo", "ess")}
     bar = tqdm(
         total=n, unit="img", desc=f"IW K={num_particles}", disable=None if progress else True
@@ -161,12 +164,15 @@ def summarize(stats: dict[str, torch.Tensor], num_particles: int) -> dict[str, f
 
 
 def _write_json(path: Path, record: dict[str, Any]) -> None:
-    """Temp file + rename: an interrupted write never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Temp file + rename: an interrupted write never leaves half a file; the user's umask."""
+    text = json.dumps(record, indent=2) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: f.write(text.encode()))
+    except OSError as err:
+        raise VaePyroError(
+            f"could not write {path}: {err.strerror or err} (the numbers are printed above)"
+        ) from None
 
 
 def _report(record: dict[str, Any], out: Path) -> str:
@@ -183,12 +189,15 @@ def _report(record: dict[str, Any], out: Path) -> str:
 
 
 def evaluate(cfg: DictConfig | EvaluateConfig) -> dict[str, Any]:
-    """Evaluate a run's checkpoint on its test set; write and return the record."""
+    """Evaluate a run's checkpoint on its test set; print, write and return the record. An
+    output that exists (without overwrite=true) or cannot be written is refused before the work."""
     cfg = to_object(cfg, EvaluateConfig)
     device = resolve_device(cfg.device, key="device")
     run_dir = Path(cfg.run_dir).expanduser()
     if not run_dir.is_dir():
         raise VaePyroError(f"run directory not found: {run_dir} (run_dir= names a training run)")
+    out = run_dir / cfg.output
+    check_output(out, cfg.overwrite, ", or choose another output=")
     vae, ckpt = load_vae(run_dir / "checkpoint.pt", device)
     # Only the test split is used: subset=1 keeps the unused training split small.
     data = load_data_config(ckpt.data_config, device, subset=1)
@@ -212,9 +221,10 @@ def evaluate(cfg: DictConfig | EvaluateConfig) -> dict[str, Any]:
         "max_batch_elements": cfg.max_batch_elements,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    out = run_dir / cfg.output
+    numbers, written = _report(record, out).rsplit("\n", 1)
+    print(numbers, flush=True)  # first: a write that fails cannot lose them
     _write_json(out, record)
-    print(_report(record, out))
+    print(written)
     return record
 
 

@@ -25,11 +25,25 @@ SCALE_PARAMS = {
 }
 
 
+def _deeper(width: int, layers: int, activation: nn.Module) -> nn.Sequential:
+    """The hidden layers after the first: (Linear(width, width), activation) x (layers - 1).
+    Empty for one hidden layer, so such networks keep the seed's parameter names."""
+    return nn.Sequential(
+        *(m for _ in range(layers - 1) for m in (nn.Linear(width, width), activation))
+    )
+
+
 class Encoder(nn.Module):
-    """x -> (loc, scale) of the diagonal Normal q(z | x)."""
+    """x -> (loc, scale) of the diagonal Normal q(z | x); `features` is the hidden state the
+    heads read (a flow posterior is conditioned on it too)."""
 
     def __init__(
-        self, image_shape: tuple[int, ...], z_dim: int, hidden_dim: int, scale_param: str = "exp"
+        self,
+        image_shape: tuple[int, ...],
+        z_dim: int,
+        hidden_dim: int,
+        scale_param: str = "exp",
+        hidden_layers: int = 1,
     ) -> None:
         super().__init__()
         self.image_shape = tuple(image_shape)
@@ -37,14 +51,20 @@ class Encoder(nn.Module):
         self._to_scale = SCALE_PARAMS[scale_param]
         in_dim = math.prod(self.image_shape)
         self.fc1 = nn.Linear(in_dim, hidden_dim)
+        self.deeper = _deeper(hidden_dim, hidden_layers, nn.Softplus())
         self.fc21 = nn.Linear(hidden_dim, z_dim)
         self.fc22 = nn.Linear(hidden_dim, z_dim)
         self.softplus = nn.Softplus()
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.softplus(self.fc1(x.flatten(start_dim=1)))
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.deeper(self.softplus(self.fc1(x.flatten(start_dim=1))))
+
+    def heads(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # The transform keeps the scale positive without a constraint on fc22.
         return self.fc21(hidden), self._to_scale(self.fc22(hidden))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.heads(self.features(x))
 
 
 class Decoder(nn.Module):
@@ -56,20 +76,29 @@ class Decoder(nn.Module):
     """
 
     def __init__(
-        self, image_shape: tuple[int, ...], z_dim: int, hidden_dim: int, learn_scale: bool = False
+        self,
+        image_shape: tuple[int, ...],
+        z_dim: int,
+        hidden_dim: int,
+        learn_scale: bool = False,
+        hidden_layers: int = 1,
     ) -> None:
         super().__init__()
         self.image_shape = tuple(image_shape)
         out_dim = math.prod(self.image_shape)
         self.fc1 = nn.Linear(z_dim, hidden_dim)
+        self.deeper = _deeper(hidden_dim, hidden_layers, nn.Softplus())
         self.fc21 = nn.Linear(hidden_dim, out_dim)
         self.softplus = nn.Softplus()
         self.sigmoid = nn.Sigmoid()
         if learn_scale:
             self.log_scale = nn.Parameter(torch.zeros(()))
 
+    def hidden(self, z: torch.Tensor) -> torch.Tensor:
+        return self.deeper(self.softplus(self.fc1(z)))
+
     def logits(self, z: torch.Tensor) -> torch.Tensor:
-        return self.fc21(self.softplus(self.fc1(z)))
+        return self.fc21(self.hidden(z))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.sigmoid(self.logits(z))
@@ -104,6 +133,7 @@ class ConvEncoder(nn.Module):
         hidden_dim: int,
         channels: Sequence[int] = (32, 64, 128),
         scale_param: str = "exp",
+        hidden_layers: int = 1,
     ) -> None:
         super().__init__()
         self.image_shape = tuple(image_shape)
@@ -117,13 +147,19 @@ class ConvEncoder(nn.Module):
             layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
         self.conv = nn.Sequential(*layers)
         self.fc1 = nn.Linear(channels[-1] * math.prod(sizes[-1]), hidden_dim)
+        self.deeper = _deeper(hidden_dim, hidden_layers, nn.ReLU())
         self.fc21 = nn.Linear(hidden_dim, z_dim)
         self.fc22 = nn.Linear(hidden_dim, z_dim)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.conv(x.reshape(-1, *self.image_shape)).flatten(start_dim=1)
-        hidden = F.relu(self.fc1(features))
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.conv(x.reshape(-1, *self.image_shape)).flatten(start_dim=1)
+        return self.deeper(F.relu(self.fc1(maps)))
+
+    def heads(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.fc21(hidden), self._to_scale(self.fc22(hidden))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.heads(self.features(x))
 
 
 class ConvDecoder(nn.Module):
@@ -140,6 +176,7 @@ class ConvDecoder(nn.Module):
         hidden_dim: int,
         channels: Sequence[int] = (32, 64, 128),
         learn_scale: bool = False,
+        hidden_layers: int = 1,
     ) -> None:
         super().__init__()
         self.image_shape = tuple(image_shape)
@@ -149,6 +186,7 @@ class ConvDecoder(nn.Module):
         sizes = conv_feature_sizes(h, w, len(channels))
         self.feature_shape = (channels[-1], *sizes[-1])
         self.fc1 = nn.Linear(z_dim, hidden_dim)
+        self.deeper = _deeper(hidden_dim, hidden_layers, nn.ReLU())
         self.fc2 = nn.Linear(hidden_dim, math.prod(self.feature_shape))
         layers: list[nn.Module] = []
         outs = (*channels[-2::-1], c)  # channels reversed, then the image's
@@ -163,7 +201,8 @@ class ConvDecoder(nn.Module):
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         lead = z.shape[:-1]  # batch, or (particles, batch)
-        hidden = F.relu(self.fc2(F.relu(self.fc1(z.reshape(-1, self.z_dim)))))
+        hidden = self.deeper(F.relu(self.fc1(z.reshape(-1, self.z_dim))))
+        hidden = F.relu(self.fc2(hidden))
         out = self.deconv(hidden.view(-1, *self.feature_shape))
         return out.reshape(*lead, math.prod(self.image_shape))
 
@@ -176,11 +215,13 @@ class ConvDecoder(nn.Module):
 Networks = tuple[nn.Module, nn.Module]
 ARCHS: dict[str, Callable[[tuple[int, ...], ModelConfig, bool], Networks]] = {
     "mlp": lambda shape, cfg, learn_scale: (
-        Encoder(shape, cfg.z_dim, cfg.hidden_dim, cfg.scale_param),
-        Decoder(shape, cfg.z_dim, cfg.hidden_dim, learn_scale),
+        Encoder(shape, cfg.z_dim, cfg.hidden_dim, cfg.scale_param, cfg.hidden_layers),
+        Decoder(shape, cfg.z_dim, cfg.hidden_dim, learn_scale, cfg.hidden_layers),
     ),
     "conv": lambda shape, cfg, learn_scale: (
-        ConvEncoder(shape, cfg.z_dim, cfg.hidden_dim, cfg.channels, cfg.scale_param),
-        ConvDecoder(shape, cfg.z_dim, cfg.hidden_dim, cfg.channels, learn_scale),
-    ),
+        ConvEncoder(
+            shape, cfg.z_dim, cfg.hidden_dim, cfg.channels, cfg.scale_param, cfg.hidden_layers
+        ),
+        ConvDecoder(shape, cfg.z_dim, cfg.hidden_dim, cfg.channels, learn_scale, cfg.hidden_layers),
+    ),  # fmt: skip
 }

@@ -10,7 +10,6 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
-from torchvision.utils import make_grid
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -21,6 +20,8 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def image_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
     """(N, C, H, W) in [0, 1] -> (H', W', 3) tensor for imshow (make_grid makes grey RGB)."""
+    from torchvision.utils import make_grid  # imported here: torchvision is slow to import
+
     grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
     return grid.permute(1, 2, 0)
 
@@ -121,9 +122,11 @@ def prior_samples(
     nrow: int = 8,
     scale: int = 1,
     noun: str = "Bernoulli",
+    source: str = "z ~ N(0, I)",
 ) -> Path:
-    """Decoder means of z ~ N(0, I), and optionally a sample of p(x|z) of each beside them."""
-    panels = [(image_grid(means, nrow), "decoder means, z ~ N(0, I)")]
+    """Decoder means of latent vectors (`source` says which: prior draws, given vectors), and
+    optionally a sample of p(x|z) of each beside them."""
+    panels = [(image_grid(means, nrow), f"decoder means, {source}")]
     if samples is not None:
         panels.append((image_grid(samples, nrow), f"a {noun} sample of each"))
     return _panels(panels, path, scale)

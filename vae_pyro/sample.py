@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyro
-import pyro.distributions as dist
 import torch
 from omegaconf import DictConfig
 
@@ -18,6 +17,7 @@ from vae_pyro.checkpoint import Checkpoint, check_image_shape, load_vae
 from vae_pyro.config import SampleConfig, resolve_device, to_object
 from vae_pyro.data import Split, load_data_config, one_per_class
 from vae_pyro.errors import VaePyroError
+from vae_pyro.files import check_writable
 from vae_pyro.model import VAE
 
 CHECKPOINT = "checkpoint.pt"
@@ -39,26 +39,24 @@ def posterior_draws(vae: VAE, x: torch.Tensor, num_samples: int) -> tuple[torch.
 
     Both are (n, num_samples, C, H, W): the spread shows the posterior's uncertainty in pixels.
     """
-    z_loc, z_scale = vae.encoder(x)
-    z = dist.Normal(z_loc, z_scale).sample((num_samples,)).transpose(0, 1)  # (n, k, z_dim)
+    z = vae.posterior(x).sample((num_samples,)).transpose(0, 1)  # (n, k, z_dim)
     return _means_and_draws(vae, z)
 
 
 @torch.no_grad()
 def prior_draws(vae: VAE, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Means of p(x|z) at n draws z ~ N(0, I) and one draw of each, (n, C, H, W)."""
-    device = next(vae.parameters()).device
-    return _means_and_draws(vae, torch.randn(n, vae.z_dim, device=device))
+    """Means of p(x|z) at n draws z ~ p(z) and one draw of each, (n, C, H, W)."""
+    return _means_and_draws(vae, vae.prior(n, next(vae.parameters())).sample())
 
 
 @torch.no_grad()
 def interpolate(vae: VAE, x_a: torch.Tensor, x_b: torch.Tensor, steps: int) -> torch.Tensor:
-    """Decoder means at `steps` evenly spaced points from z_loc(x_a) to z_loc(x_b), ends included.
+    """Decoder means at `steps` evenly spaced points from code(x_a) to code(x_b), ends included.
 
-    Uses posterior means, no sampling, so the figure does not depend on the seed.
-    Returns (n, steps, C, H, W) for n pairs.
+    Uses the posteriors' codes (their means for a diagonal Normal), no sampling, so the figure
+    does not depend on the seed. Returns (n, steps, C, H, W) for n pairs.
     """
-    z_a, z_b = vae.encoder(x_a)[0], vae.encoder(x_b)[0]
+    z_a, z_b = vae.code(x_a), vae.code(x_b)
     t = torch.linspace(0, 1, steps, device=z_a.device).view(1, steps, 1)
     z = (1 - t) * z_a.unsqueeze(1) + t * z_b.unsqueeze(1)
     return vae.likelihood(z).mean.reshape(x_a.shape[0], steps, *vae.image_shape)
@@ -66,8 +64,17 @@ def interpolate(vae: VAE, x_a: torch.Tensor, x_b: torch.Tensor, steps: int) -> t
 
 @torch.no_grad()
 def posterior_means(vae: VAE, x: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
-    """z_loc for every image, (N, z_dim); batch_size only bounds memory."""
-    return torch.cat([vae.encoder(xb)[0] for xb in x.split(batch_size)])
+    """The posterior's code (z_loc for a diagonal Normal) of every image, (N, z_dim);
+    batch_size only bounds memory."""
+    return torch.cat([vae.code(xb) for xb in x.split(batch_size)])
+
+
+def tsne_2d(z: torch.Tensor, seed: int) -> torch.Tensor:
+    """scikit-learn's t-SNE of (N, D) codes to (N, 2), as Pyro's VAE example plots them."""
+    from sklearn.manifold import TSNE  # imported here: only this figure needs it
+
+    points = TSNE(n_components=2, init="pca", random_state=seed).fit_transform(z.cpu().numpy())
+    return torch.as_tensor(points)
 
 
 def pca_2d(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,8 +144,10 @@ def _chosen(cfg: SampleConfig, test: Split) -> tuple[list[int], list[tuple[int, 
 
 
 def _latent_figures(cfg: SampleConfig, vae: VAE, test: Split, out: Path) -> dict[str, Path]:
-    """latent.png (the plane, a line or a PCA of the posterior means) and, for z_dim = 2,
-    manifold.png."""
+    """latent.png (the plane, a line, or a PCA or t-SNE of the posterior codes) and, for
+    z_dim = 2, manifold.png. None when the command asked for given z or images only."""
+    if cfg.z is not None or cfg.images is not None:
+        return {}
     pyro.set_rng_seed(cfg.seed)  # torch.pca_lowrank is randomized
     z, n = posterior_means(vae, test.x), len(test)
     title = f"posterior means of {n} test images"
@@ -152,14 +161,72 @@ def _latent_figures(cfg: SampleConfig, vae: VAE, test: Split, out: Path) -> dict
         points = torch.cat([z, test.y.unsqueeze(1).float()], 1)
         return {"latent": plots.latent_scatter(points, test.y, out / "latent.png",
                                                ("z1", "label"), title)}  # fmt: skip
-    points, explained = pca_2d(z)
-    axes = tuple(f"PC{i + 1} ({100 * e:.0f}% of variance)" for i, e in enumerate(explained))
-    title = f"{title}, PCA of {vae.z_dim} dims"
+    if cfg.latent.method == "tsne":
+        points, axes = tsne_2d(z, cfg.seed), ("t-SNE 1", "t-SNE 2")
+        title = f"{title}, t-SNE of {vae.z_dim} dims"
+    else:
+        points, explained = pca_2d(z)
+        axes = tuple(f"PC{i + 1} ({100 * e:.0f}% of variance)" for i, e in enumerate(explained))
+        title = f"{title}, PCA of {vae.z_dim} dims"
     return {"latent": plots.latent_scatter(points, test.y, out / "latent.png", axes, title)}
 
 
+def _given_z(cfg: SampleConfig, vae: VAE) -> torch.Tensor:
+    for i, vector in enumerate(cfg.z):
+        if len(vector) != vae.z_dim:
+            raise VaePyroError(
+                f"z: vector {i} has {len(vector)} numbers; this run's latent space has "
+                f"z_dim={vae.z_dim} (give {vae.z_dim} numbers per vector)"
+            )
+    return torch.tensor(cfg.z, dtype=torch.float32, device=next(vae.parameters()).device)
+
+
+def _read_image(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
+    """An image file as (C, H, W) in [0, 1], converted to the run's channels and size (the
+    shorter side resized, then the centre crop, as data=image_folder does)."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
+
+    c, h, w = shape
+    if c not in (1, 3):
+        raise VaePyroError(f"images: this run's images have {c} channels; only 1 or 3 convert")
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if c == 1 else "RGB")
+    except FileNotFoundError:
+        raise VaePyroError(f"images: no such file {path}") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise VaePyroError(f"images: cannot read {path} as an image ({err})") from None
+    if img.size != (w, h):
+        img = center_crop(resize(img, min(h, w)), [h, w])
+    return pil_to_tensor(img).float() / 255
+
+
+def _requested_figures(cfg: SampleConfig, vae: VAE, out: Path) -> dict[str, Path]:
+    """decoded.png of the given z and posterior.png of the given image files."""
+    written, noun = {}, vae.pixels.noun
+    if cfg.z is not None:
+        pyro.set_rng_seed(cfg.seed)
+        means, draws = _means_and_draws(vae, _given_z(cfg, vae))
+        written["decoded"] = plots.prior_samples(
+            means, out / "decoded.png", draws if cfg.prior.bernoulli else None,
+            nrow=cfg.prior.nrow, scale=cfg.scale, noun=noun, source="given z",
+        )  # fmt: skip
+    if cfg.images is not None:
+        device = next(vae.parameters()).device
+        x = torch.stack([_read_image(Path(p), vae.image_shape) for p in cfg.images]).to(device)
+        pyro.set_rng_seed(cfg.seed)
+        means, draws = posterior_draws(vae, x, cfg.num_samples)
+        written["posterior"] = plots.posterior_samples(x, means, draws, out / "posterior.png",
+                                                       cfg.scale, noun)  # fmt: skip
+    return written
+
+
 def _draw_figures(cfg: SampleConfig, vae: VAE, test: Split, out: Path) -> dict[str, Path]:
-    """posterior.png, prior.png and interpolation.png."""
+    """posterior.png, prior.png and interpolation.png; or only the figures of given z or
+    images."""
+    if cfg.z is not None or cfg.images is not None:
+        return _requested_figures(cfg, vae, out)
     indices, pairs = _chosen(cfg, test)
     noun = vae.pixels.noun
     pyro.set_rng_seed(cfg.seed)
@@ -171,7 +238,7 @@ def _draw_figures(cfg: SampleConfig, vae: VAE, test: Split, out: Path) -> dict[s
     means, draws = prior_draws(vae, cfg.prior.num)
     written["prior"] = plots.prior_samples(
         means, out / "prior.png", draws if cfg.prior.bernoulli else None,
-        nrow=cfg.prior.nrow, scale=cfg.scale, noun=noun,
+        nrow=cfg.prior.nrow, scale=cfg.scale, noun=noun, source=f"z ~ {vae.prior_net.label}",
     )  # fmt: skip
     a, b = (test.x[[p[i] for p in pairs]] for i in (0, 1))
     path = torch.cat([a.unsqueeze(1), interpolate(vae, a, b, cfg.interpolation.steps)], 1)
@@ -184,7 +251,9 @@ def sample(cfg: DictConfig | SampleConfig) -> dict[str, Path]:
     """Write the figures of one training run; returns {figure name: PNG path}.
 
     Every figure re-seeds with `seed` before it draws, so each depends only on the seed and its
-    own options (changing num_samples does not change prior.png).
+    own options (changing num_samples does not change prior.png). An out_dir that cannot be
+    written is refused before the work; figures of the same names in it are replaced (the same
+    checkpoint, seed and options draw them again).
     """
     cfg = to_object(cfg, SampleConfig)
     device = resolve_device(cfg.device, key="device")
@@ -197,9 +266,10 @@ def sample(cfg: DictConfig | SampleConfig) -> dict[str, Path]:
             f"no checkpoint in {run_dir}: expected {ckpt_path}, which python -m vae_pyro.train "
             "writes after each epoch"
         )
+    out = Path(cfg.out_dir).expanduser()
+    check_writable(out)
     vae, ckpt = load_vae(ckpt_path, device)
     test = _test_split(ckpt, device)
-    out = Path(cfg.out_dir)
     return {**_draw_figures(cfg, vae, test, out), **_latent_figures(cfg, vae, test, out)}
 
 

@@ -25,10 +25,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pyro.infer import SVI
 from pyro.optim import PyroOptim
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from vae_pyro import checkpoint, cli, plots
+from vae_pyro import checkpoint, cli, files
 from vae_pyro.config import TrainConfig, TrainerConfig, as_dict, resolve_device, to_object
 from vae_pyro.data import ImageData, load_data_config, one_per_class
 from vae_pyro.errors import TrainingInterrupted, VaePyroError
@@ -36,6 +35,9 @@ from vae_pyro.evaluate import negative_elbo
 from vae_pyro.model import VAE, build_elbo, build_vae, kl_scale
 
 log = logging.getLogger(__name__)
+# What Hydra writes into a run dir before the task starts (conf/train.yaml: job name "train"):
+# a run dir this command made that holds nothing else when it ends is removed (a refused run).
+HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "train.log")
 
 
 def build_svi(cfg: TrainConfig, vae: VAE) -> tuple[PyroOptim, SVI]:
@@ -133,9 +135,39 @@ def _resume_source(trainer: TrainerConfig, run_dir: Path) -> Path | None:
             f"{run_dir} already holds a run (checkpoint.pt); continue it with trainer.resume=true "
             "or choose another hydra.run.dir"
         )
-    if trainer.resume:
-        log.warning("trainer.resume=true but %s holds no checkpoint: starting a new run", run_dir)
     return None
+
+
+def _nothing_to_train(trainer: TrainerConfig, source: Path | None) -> checkpoint.Checkpoint | None:
+    """The checkpoint to resume when it already has trainer.epochs epochs or more."""
+    if source is None:
+        return None
+    saved = checkpoint.read(source)
+    return saved if saved.epoch >= trainer.epochs else None
+
+
+def _nothing_message(saved: checkpoint.Checkpoint) -> str:
+    epochs = f"{saved.epoch} epoch{'' if saved.epoch == 1 else 's'}"
+    return (
+        f"nothing to train: the run already has {epochs} ({saved.path}); raise trainer.epochs "
+        "to train it further"
+    )
+
+
+def claim_run_dir(cfg: TrainConfig, run_dir: Path) -> str | None:
+    """Before Hydra writes into the run dir (cli.Precheck): lock it for the life of this
+    process, refuse to start over another run, and stop when there is nothing to train (the
+    message to print), so that a refused or empty command leaves the dir as it was."""
+    run_dir = files.acquire(run_dir, disposable=HYDRA_FILES)
+    try:
+        saved = _nothing_to_train(cfg.trainer, _resume_source(cfg.trainer, run_dir))
+    except BaseException:
+        files.release(run_dir)
+        raise
+    if saved is None:
+        return None  # go on; the lock is released when the process ends
+    files.release(run_dir)
+    return _nothing_message(saved)
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -233,6 +265,8 @@ class _Recorder:
     """metrics.jsonl (rewritten from the checkpoint's history, the truth) and TensorBoard."""
 
     def __init__(self, run: Run) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # imported here: slow, only training
+
         run.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = run.run_dir / "metrics.jsonl"
         self._write(run.history, mode="w")
@@ -274,6 +308,8 @@ def _checkpoint(run: Run, record: dict[str, Any], recorder: _Recorder, stop: _St
 
 def _finish(run: Run) -> float:
     """Phase 5: the figures; the final test loss."""
+    from vae_pyro import plots  # imported here: matplotlib is slow to import
+
     figures = run.run_dir / "figures"
     plots.loss_curves(run.history, figures / "loss.png")
     shown = run.data.test.x[one_per_class(run.data.test.y)]
@@ -290,16 +326,30 @@ def _start(cfg: TrainConfig, run_dir: Path) -> tuple[Run, Path | None]:
     pyro.set_rng_seed(cfg.seed)
     data = load_data_config(cfg.data, device)
     source = _resume_source(cfg.trainer, run_dir)
+    if source is None and cfg.trainer.resume:
+        log.warning("trainer.resume=true but %s holds no checkpoint: starting a new run", run_dir)
     vae = build_vae(data.image_shape, cfg.model).to(device)
     optimizer, svi = build_svi(cfg, vae)
     return Run(cfg, run_dir, data, vae, optimizer, svi), source
 
 
 def train(cfg: DictConfig | TrainConfig, run_dir: str | Path | None = None) -> float:
-    """Train a VAE as configured; write artifacts to run_dir; return the final test loss."""
+    """Train a VAE as configured; write artifacts to run_dir (locked meanwhile: see
+    vae_pyro.files); return the final test loss."""
     cfg = to_object(cfg, TrainConfig)
     run_dir = Path(run_dir if run_dir is not None else HydraConfig.get().runtime.output_dir)
-    run, source = _start(cfg, run_dir.resolve())
+    with files.locked(run_dir) as run_dir:
+        return _train(cfg, run_dir)
+
+
+def _train(cfg: TrainConfig, run_dir: Path) -> float:
+    run, source = _start(cfg, run_dir)
+    saved = _nothing_to_train(cfg.trainer, source)
+    if saved is not None:  # the run dir is left untouched
+        checkpoint.restore_networks(run.vae, saved)  # but networks and data must still fit
+        log.info(_nothing_message(saved))
+        tested = [m["test_loss"] for m in saved.metrics if m["test_loss"] is not None]
+        return tested[-1] if tested else math.nan
     if source is not None:
         _restore(run, source)
     log.info("training on %s: %d train / %d test images of shape %s; run dir %s",
@@ -314,7 +364,7 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path | None = None) -> f
 
 
 def main() -> None:
-    cli.run("train", train)
+    cli.run("train", train, claim_run_dir)
 
 
 if __name__ == "__main__":
