@@ -39,12 +39,14 @@ _ELBO_NAMES = {
 @dataclass
 class Position:
     """Where an interrupted epoch stopped: its permutation, the next step, the loss summed so
-    far and the seconds spent."""
+    far (over all ranks) and the seconds spent, and how many processes ran it (the ranks'
+    slices of each step depend on it; checkpoints without it come from one process)."""
 
     perm: torch.Tensor
     step: int
     total: float
     seconds: float
+    world: int = 1
 
 
 @dataclass

@@ -28,10 +28,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from vae_pyro import config, files
+from vae_pyro import config, distributed, files
 from vae_pyro.errors import TrainingInterrupted, VaePyroError
 
 CONF_DIR = files.shipped("conf", "conf")  # conf/; in a wheel, vae_pyro/conf/
@@ -186,6 +186,8 @@ class Precheck(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         prepare = _PREPARE.get(self.command)
+        if prepare is not None and distributed.env_world() > 1:
+            return self._start_ranks(config, prepare)
         try:
             checked = precheck(self.command, config)
             said = prepare(checked, Path(config.hydra.run.dir)) if prepare else None
@@ -194,6 +196,33 @@ class Precheck(Callback):
         if said is not None:
             print(said)
             raise SystemExit(0)
+
+    def _start_ranks(self, config: DictConfig, prepare: Prepare) -> None:
+        """A torchrun run: every rank checks the config (no files: the same answer on each),
+        joins the process group, and acts on what rank 0 alone decided about the run dir;
+        rank 0 alone prints, writes .hydra/ and the log."""
+        main = distributed.env_rank() == 0
+        try:
+            checked = precheck(self.command, config)
+        except VaePyroError as err:
+            _fail(self.command, str(err), quiet=not main)
+        group = distributed.start(checked.trainer.device, checked.trainer.dist_timeout_s)
+        decision: tuple[str, str] = ("go", str(Path(config.hydra.run.dir).absolute()))
+        if group.main:
+            try:
+                said = prepare(checked, Path(config.hydra.run.dir))
+                decision = decision if said is None else ("done", said)
+            except VaePyroError as err:
+                decision = ("error", str(err))
+        what, text = distributed.share(decision, group)
+        if what == "error":
+            _fail(self.command, text, quiet=not group.main)
+        if what == "done":
+            if group.main:
+                print(text)
+            raise SystemExit(0)
+        if not group.main:
+            _follow(config, text)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir).absolute()
@@ -214,8 +243,21 @@ class Precheck(Callback):
                   code=1)  # fmt: skip
 
 
-def _fail(command: str, message: str, code: int = 2) -> None:
-    print(f"vae_pyro.{command}: error: {message}", file=sys.stderr)
+def _follow(config: DictConfig, run_dir: str) -> None:
+    """A rank other than 0 uses rank 0's run dir, and writes nothing there: no .hydra/, no
+    log file; it logs warnings and errors to the console."""
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.run.dir = run_dir
+        config.hydra.output_subdir = None
+        logging_cfg = config.hydra.job_logging
+        logging_cfg.handlers.pop("file", None)
+        logging_cfg.root.handlers = [h for h in logging_cfg.root.handlers if h != "file"]
+        logging_cfg.root.level = "WARNING"
+
+
+def _fail(command: str, message: str, code: int = 2, quiet: bool = False) -> None:
+    if not quiet:
+        print(f"vae_pyro.{command}: error: {message}", file=sys.stderr)
     raise SystemExit(code)
 
 
@@ -234,7 +276,8 @@ def _job(command: str, task: Callable[[DictConfig], Any], cfg: DictConfig) -> An
     except TrainingInterrupted as stop:  # Ctrl-C / SIGTERM stops a whole sweep too
         if sweep:
             _record_job("interrupted", error=str(stop))
-        print(f"vae_pyro.{command}: {stop}", file=sys.stderr)
+        if distributed.current().main:  # a torchrun run: rank 0 speaks for all
+            print(f"vae_pyro.{command}: {stop}", file=sys.stderr)
         raise SystemExit(stop.exit_code) from None
     except Exception as err:
         if not sweep and isinstance(err, VaePyroError):

@@ -250,6 +250,10 @@ class TrainerConfig(Section):
                                 POSITIVE)  # fmt: skip
     resume: bool = key(False, "continue the checkpoint in hydra.run.dir")
     resume_from: str | None = key(None, "a checkpoint.pt or run dir to continue from")
+    dist_timeout_s: float = key(
+        600.0, "torchrun runs: seconds a rank waits for the others before failing",
+        Rule(lambda v: 1 <= v < math.inf, "a finite number >= 1"),
+    )  # fmt: skip
 
 
 @dataclass

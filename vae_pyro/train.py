@@ -8,6 +8,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -27,12 +28,13 @@ from pyro.infer import SVI
 from pyro.optim import PyroOptim
 from tqdm import tqdm
 
-from vae_pyro import checkpoint, cli, files
+from vae_pyro import checkpoint, cli, distributed, files
 from vae_pyro.config import TrainConfig, TrainerConfig, as_dict, resolve_device, to_object
 from vae_pyro.data import ImageData, load_data_config, one_per_class
 from vae_pyro.errors import TrainingInterrupted, VaePyroError
 from vae_pyro.evaluate import negative_elbo
 from vae_pyro.model import VAE, build_elbo, build_vae, kl_scale
+from vae_pyro.optim import AllReduce
 
 log = logging.getLogger(__name__)
 # What Hydra writes into a run dir before the task starts (conf/train.yaml: job name "train"):
@@ -40,10 +42,15 @@ log = logging.getLogger(__name__)
 HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "train.log")
 
 
-def build_svi(cfg: TrainConfig, vae: VAE) -> tuple[PyroOptim, SVI]:
-    """The optimizer and SVI object exactly as training uses them (the benchmark times these)."""
+def build_svi(
+    cfg: TrainConfig, vae: VAE, group: distributed.Group = distributed.SINGLE
+) -> tuple[PyroOptim, SVI]:
+    """The optimizer and SVI object exactly as training uses them (the benchmark times these);
+    in a data-parallel run the optimizer sums the ranks' gradients first (optim.AllReduce)."""
     cfg = to_object(cfg, TrainConfig)
     optimizer = instantiate(cfg.optim.optimizer)
+    if group.world > 1:
+        optimizer = AllReduce(optimizer)
     return optimizer, SVI(vae.model, vae.guide, optimizer, loss=build_elbo(cfg.elbo))
 
 
@@ -65,6 +72,7 @@ class Run:
     vae: VAE
     optimizer: PyroOptim
     svi: SVI
+    group: distributed.Group = distributed.SINGLE  # this process's rank in a torchrun run
     history: list[dict] = field(default_factory=list)
     done: int = 0  # epochs completed
     position: checkpoint.Position | None = None  # where an interrupted epoch stopped
@@ -83,18 +91,36 @@ class Run:
         return -(-len(self.data.train) // self.cfg.data.batch_size)
 
     def save(self, epochs_done: int, position: checkpoint.Position | None = None) -> None:
-        payload = checkpoint.build(
-            self.vae, self.optimizer, self.resolved, epochs_done, self.history, position
-        )
-        checkpoint.save(self.checkpoint_path, payload)
+        """Called by every rank; rank 0 writes, and the others wait until it has written."""
+        if self.group.main:
+            payload = checkpoint.build(
+                self.vae, self.optimizer, self.resolved, epochs_done, self.history, position
+            )
+            checkpoint.save(self.checkpoint_path, payload)
+        distributed.barrier(self.group)
         self.last_saved = epochs_done
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The networks' weights and buffers (what rank 0 broadcasts), in a fixed order."""
+        return [t for name in checkpoint.NETWORKS for t in getattr(self.vae, name).state_dict()
+                .values()]  # fmt: skip
+
+    def reseed(self, *where: int) -> None:
+        """Ranks other than 0 draw their own latent noise (and binarizations)."""
+        if self.group.rank:
+            key = (self.cfg.seed, self.group.rank, *where)
+            pyro.set_rng_seed(hash(key) % 2**32)
 
 
 class _StopFlag:
-    """While active, SIGTERM/SIGINT only raise a flag; the loop checks it after each step."""
+    """While active, SIGTERM/SIGINT only raise a flag; the loop checks it after each step.
+    In a data-parallel run the flag travels with the gradients (optim.AllReduce), which sets
+    `agreed` on every rank after the same step; `now()` is then what the ranks agreed."""
 
     def __enter__(self) -> _StopFlag:
         self.signum: int | None = None
+        self.agreed: int | None = None
+        self.shared = False
         self._previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():  # signal() demands it
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -104,16 +130,23 @@ class _StopFlag:
     def _raise_flag(self, signum: int, frame: object) -> None:
         self.signum = signum
 
+    def share(self, run: Run) -> None:
+        if run.group.world > 1:
+            run.optimizer.stop, self.shared = self, True
+
+    def now(self) -> int | None:
+        return self.agreed if self.shared else self.signum
+
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
     def interrupted(self, run: Run, where: str) -> TrainingInterrupted:
-        name = signal.Signals(self.signum).name
+        signum = self.now()
         return TrainingInterrupted(
-            f"interrupted by {name} {where}; checkpoint written to {run.checkpoint_path}. "
-            f"Resume with: {_resume_hint(run.run_dir)}",
-            self.signum,
+            f"interrupted by {signal.Signals(signum).name} {where}; checkpoint written to "
+            f"{run.checkpoint_path}. Resume with: {_resume_hint(run.run_dir)}",
+            signum,
         )
 
 
@@ -194,8 +227,10 @@ def _resume_hint(run_dir: Path) -> str:
         for o in overrides
         if not o.split("=")[0].lstrip("+~").startswith(("hydra.", "trainer.resume"))
     ]
+    world = distributed.current().world
+    launch = f"torchrun --nproc_per_node={world}" if world > 1 else "python"
     return " ".join(
-        ["python -m vae_pyro.train", *kept, f"hydra.run.dir={run_dir}", "trainer.resume=true"]
+        [f"{launch} -m vae_pyro.train", *kept, f"hydra.run.dir={run_dir}", "trainer.resume=true"]
     )
 
 
@@ -207,6 +242,14 @@ def _restore(run: Run, source: Path) -> None:
     run.last_saved = saved.epoch
     if run.position is not None and len(run.position.perm) != len(run.data.train):
         raise VaePyroError(f"{source} stopped inside an epoch over a different data.subset")
+    if run.position is not None and run.position.world != run.group.world:
+        raise VaePyroError(
+            f"{source} stopped inside an epoch run by {run.position.world} process(es); this "
+            f"run has {run.group.world}: resume it with {run.position.world} (another number "
+            "of processes can resume a checkpoint written at the end of an epoch)"
+        )
+    run.reseed(run.done, run.position.step if run.position else 0)  # not rank 0's RNG state
+    distributed.broadcast(run.tensors(), run.group)
     _log_changes(saved.config, run.resolved)
     step = f", step {run.position.step}" if run.position else ""
     log.info("resuming from %s at the start of epoch %d%s", source, run.done + 1, step)
@@ -228,27 +271,54 @@ def _diverged(run: Run, loss: float, epoch: int, step: int) -> VaePyroError:
 def _run_epoch(run: Run, epoch: int, stop: _StopFlag) -> dict[str, Any]:
     """Phase 2: one pass over the training set (or the rest of an interrupted one). On a
     signal, a mid-epoch checkpoint and TrainingInterrupted; on a non-finite loss, an error."""
-    device, batch_size = run.data.train.x.device, run.cfg.data.batch_size
-    pos = run.position or checkpoint.Position(
-        torch.randperm(len(run.data.train), device=device), 0, 0.0, 0.0
-    )
+    device, batch_size, group = run.data.train.x.device, run.cfg.data.batch_size, run.group
+    pos = run.position or checkpoint.Position(_permutation(run), 0, 0.0, 0.0, group.world)
     run.position, start, perm = None, time.perf_counter(), pos.perm.to(device)
     bar = tqdm(range(pos.step, run.steps), initial=pos.step, total=run.steps, leave=False,
-               desc=f"epoch {epoch}/{run.cfg.trainer.epochs}", disable=None)  # fmt: skip
+               desc=f"epoch {epoch}/{run.cfg.trainer.epochs}",
+               disable=None if group.main else True)  # fmt: skip
     beta = kl_scale(run.cfg.model, epoch)  # KL weight (warm-up): 1 unless configured
-    total = pos.total
+    total = pos.total if group.main else 0.0  # the sum so far over all ranks: counted once
     for step in bar:
-        batch = run.data.train_batch(perm[step * batch_size : (step + 1) * batch_size])
-        loss = svi_step(run.svi, batch, beta)
+        idx = perm[step * batch_size : (step + 1) * batch_size]
+        idx = idx.tensor_split(group.world)[group.rank] if group.world > 1 else idx
+        loss = svi_step(run.svi, run.data.train_batch(idx), beta)
         if not math.isfinite(loss):
             raise _diverged(run, loss, epoch, step + 1)
         total += loss
-        if stop.signum is not None and step + 1 < run.steps:
+        if stop.now() is not None and step + 1 < run.steps:
             seconds = pos.seconds + time.perf_counter() - start
-            run.save(epoch - 1, checkpoint.Position(perm.cpu(), step + 1, total, seconds))
+            [total] = distributed.all_sum([total], group, device)
+            run.save(epoch - 1, checkpoint.Position(perm.cpu(), step + 1, total, seconds,
+                                                    group.world))  # fmt: skip
             raise stop.interrupted(run, f"at epoch {epoch}, step {step + 1}/{run.steps}")
     seconds = pos.seconds + time.perf_counter() - start
+    [total] = distributed.all_sum([total], group, device)
     return {"epoch": epoch, "train_loss": total / len(run.data.train), "seconds": seconds}
+
+
+def _permutation(run: Run) -> torch.Tensor:
+    """The epoch's order of the training images: rank 0 draws it, every rank uses it."""
+    n, device = len(run.data.train), run.data.train.x.device
+    if run.group.world == 1:
+        return torch.randperm(n, device=device)
+    perm = (
+        torch.randperm(n, device=device)
+        if run.group.main
+        else torch.empty(n, dtype=torch.long, device=device)
+    )
+    distributed.broadcast([perm], run.group)
+    return perm
+
+
+def _test_loss(run: Run) -> float:
+    """The test ELBO; in a data-parallel run each rank takes a slice and the sums are added."""
+    x, size, group = run.data.test.x, run.cfg.trainer.eval_batch_size, run.group
+    if group.world == 1:
+        return negative_elbo(run.vae, x, size)
+    shard = x.tensor_split(group.world)[group.rank]
+    local = negative_elbo(run.vae, shard, size) * len(shard) if len(shard) else 0.0
+    return distributed.all_sum([local], group, x.device)[0] / len(x)
 
 
 def _evaluate(run: Run, record: dict[str, Any]) -> None:
@@ -257,7 +327,7 @@ def _evaluate(run: Run, record: dict[str, Any]) -> None:
     start = time.perf_counter()
     record["test_loss"] = None
     if epoch % trainer.eval_every == 0 or epoch == trainer.epochs:
-        record["test_loss"] = negative_elbo(run.vae, run.data.test.x, trainer.eval_batch_size)
+        record["test_loss"] = _test_loss(run)
     record["seconds"] += time.perf_counter() - start
 
 
@@ -290,38 +360,47 @@ class _Recorder:
         self.writer.close()
 
 
-def _checkpoint(run: Run, record: dict[str, Any], recorder: _Recorder, stop: _StopFlag) -> None:
+def _checkpoint(
+    run: Run, record: dict[str, Any], recorder: _Recorder | None, stop: _StopFlag
+) -> None:
     """Phase 4: record the epoch; a checkpoint every trainer.checkpoint_every epochs, after the
     last and before an interruption takes effect."""
     epoch, trainer = record["epoch"], run.cfg.trainer
     record = {k: record[k] for k in ("epoch", "train_loss", "test_loss", "seconds")}
     run.history.append(record)
-    recorder.add(record)
-    if epoch % trainer.checkpoint_every == 0 or epoch == trainer.epochs or stop.signum:
+    if recorder is not None:
+        recorder.add(record)
+    if epoch % trainer.checkpoint_every == 0 or epoch == trainer.epochs or stop.now():
         run.save(epoch)
     test = "-" if record["test_loss"] is None else f"{record['test_loss']:.2f}"
     log.info("epoch %d/%d  train %.2f  test %s  (%.1f s)", epoch, trainer.epochs,
              record["train_loss"], test, record["seconds"])  # fmt: skip
-    if stop.signum is not None and epoch < trainer.epochs:
+    if stop.now() is not None and epoch < trainer.epochs:
         raise stop.interrupted(run, f"after epoch {epoch}")
 
 
 def _finish(run: Run) -> float:
     """Phase 5: the figures; the final test loss."""
+    final = run.history[-1]["test_loss"]
+    if not run.group.main:
+        return final
     from vae_pyro import plots  # imported here: matplotlib is slow to import
 
     figures = run.run_dir / "figures"
     plots.loss_curves(run.history, figures / "loss.png")
     shown = run.data.test.x[one_per_class(run.data.test.y)]
     plots.reconstructions(shown, run.vae.reconstruct(shown), figures / "reconstructions.png")
-    final = run.history[-1]["test_loss"]
     log.info("final test loss %.2f nats per image; artifacts in %s", final, run.run_dir)
     return final
 
 
 def _start(cfg: TrainConfig, run_dir: Path) -> tuple[Run, Path | None]:
     """Everything before the first step: data, networks, optimizer, and the run to continue."""
-    device = resolve_device(cfg.trainer.device, "trainer.device")
+    group = distributed.start(cfg.trainer.device, cfg.trainer.dist_timeout_s)
+    device = distributed.rank_device(group, resolve_device(cfg.trainer.device, "trainer.device"))
+    if cfg.data.batch_size < group.world:
+        raise VaePyroError(f"data.batch_size={cfg.data.batch_size} is the global batch: it "
+                           f"must be at least the number of processes ({group.world})")  # fmt: skip
     pyro.clear_param_store()  # sweep jobs share one process: start each from nothing
     pyro.set_rng_seed(cfg.seed)
     data = load_data_config(cfg.data, device)
@@ -329,8 +408,11 @@ def _start(cfg: TrainConfig, run_dir: Path) -> tuple[Run, Path | None]:
     if source is None and cfg.trainer.resume:
         log.warning("trainer.resume=true but %s holds no checkpoint: starting a new run", run_dir)
     vae = build_vae(data.image_shape, cfg.model).to(device)
-    optimizer, svi = build_svi(cfg, vae)
-    return Run(cfg, run_dir, data, vae, optimizer, svi), source
+    optimizer, svi = build_svi(cfg, vae, group)
+    run = Run(cfg, run_dir, data, vae, optimizer, svi, group)
+    run.reseed()
+    distributed.broadcast(run.tensors(), group)
+    return run, source
 
 
 def train(cfg: DictConfig | TrainConfig, run_dir: str | Path | None = None) -> float:
@@ -338,6 +420,9 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path | None = None) -> f
     vae_pyro.files); return the final test loss."""
     cfg = to_object(cfg, TrainConfig)
     run_dir = Path(run_dir if run_dir is not None else HydraConfig.get().runtime.output_dir)
+    group = distributed.start(cfg.trainer.device, cfg.trainer.dist_timeout_s)
+    if not group.main:  # rank 0 holds the lock for the whole run; the others use the dir
+        return _train(cfg, run_dir.resolve())
     with files.locked(run_dir) as run_dir:
         return _train(cfg, run_dir)
 
@@ -355,7 +440,9 @@ def _train(cfg: TrainConfig, run_dir: Path) -> float:
     log.info("training on %s: %d train / %d test images of shape %s; run dir %s",
              run.data.train.x.device, len(run.data.train), len(run.data.test),
              run.data.image_shape, run.run_dir)  # fmt: skip
-    with _Recorder(run) as recorder, _StopFlag() as stop:
+    with _Recorder(run) if run.group.main else contextlib.nullcontext() as recorder, \
+            _StopFlag() as stop:  # fmt: skip
+        stop.share(run)
         for epoch in range(run.done + 1, cfg.trainer.epochs + 1):
             record = _run_epoch(run, epoch, stop)
             _evaluate(run, record)
