@@ -77,6 +77,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], bool]] = {
 def _help_row(key: str, meaning: str, width: int = 36) -> str:
     """`  key=default   meaning [allowed]`, the meaning wrapped at 100 columns."""
     indent = " " * (width + 2)
+    key = key.replace("${run_dir}", "<run_dir>")  # an interpolation, shown as what it means
     first = f"  {key.ljust(width)}" if len(key) < width else f"  {key}\n{indent}"
     return textwrap.fill(meaning, 100, initial_indent=first, subsequent_indent=indent)
 
@@ -97,7 +98,7 @@ def help_template(command: str, summary: str, examples: Sequence[str], groups: b
                   "$APP_CONFIG_GROUPS", ""]  # fmt: skip
     lines += [
         "Keys (key=default: meaning [allowed values]; the YAML files in conf/ comment each):",
-        keys.replace("${", "<").replace("}/", ">/"),
+        keys,
         "",
         "Examples:",
         *(f"  {e}" for e in examples),
