@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from pyro.optim import PyroOptim
 
-from vae_pyro.config import DataConfig, ModelConfig, as_dict, to_object
+from vae_pyro.config import DataConfig, ModelConfig, as_dict, flatten, to_object
 from vae_pyro.errors import VaePyroError
 from vae_pyro.files import atomic_write
 from vae_pyro.model import VAE, build_vae
@@ -199,15 +199,8 @@ def read(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> C
         raise VaePyroError(f"checkpoint {path} lacks {err} (an incomplete checkpoint)") from None
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for k, v in tree.items():
-        flat.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return flat
-
-
 def _differences(saved: ModelConfig, current: ModelConfig) -> list[str]:
-    before, after = _flat(as_dict(saved)), _flat(as_dict(current))
+    before, after = flatten(as_dict(saved)), flatten(as_dict(current))
     return [
         f"checkpoint model.{k}={before[k]}, this command model.{k}={after[k]}"
         for k in before

@@ -429,6 +429,14 @@ def as_dict(section: Section) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(section), enum_to_str=True)
 
 
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"prior": {"name": ...}}} -> {"model.prior.name": ...}: dotted keys to compare."""
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        flat.update(flatten(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {prefix + k: v})
+    return flat
+
+
 def help_rows(schema: type[Section], prefix: str = "") -> list[tuple[str, str]]:
     """(key=default, meaning and allowed values) for every key of a schema, nested included."""
     rows: list[tuple[str, str]] = []

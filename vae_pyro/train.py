@@ -29,7 +29,14 @@ from pyro.optim import PyroOptim
 from tqdm import tqdm
 
 from vae_pyro import checkpoint, cli, distributed, files
-from vae_pyro.config import TrainConfig, TrainerConfig, as_dict, resolve_device, to_object
+from vae_pyro.config import (
+    TrainConfig,
+    TrainerConfig,
+    as_dict,
+    flatten,
+    resolve_device,
+    to_object,
+)
 from vae_pyro.data import ImageData, load_data_config, one_per_class
 from vae_pyro.errors import TrainingInterrupted, VaePyroError
 from vae_pyro.evaluate import negative_elbo
@@ -203,14 +210,8 @@ def claim_run_dir(cfg: TrainConfig, run_dir: Path) -> str | None:
     return _nothing_message(saved)
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix[:-1]: tree}
-    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
-
-
 def _log_changes(saved: dict, current: dict) -> None:
-    before, after = _flat(saved), _flat(current)
+    before, after = flatten(saved), flatten(current)
     changed = [
         f"{k}: {before.get(k)!r} -> {after.get(k)!r}"
         for k in sorted(before.keys() | after.keys())
@@ -234,9 +235,9 @@ def _resume_hint(run_dir: Path) -> str:
     )
 
 
-def _restore(run: Run, source: Path) -> None:
+def _restore(run: Run, saved: checkpoint.Checkpoint) -> None:
     """Phase 1 of a resumed run: weights, optimizer, RNG, history and position."""
-    saved = checkpoint.read(source, map_location=run.data.train.x.device)
+    source = saved.path
     checkpoint.restore_training(run.vae, run.optimizer, saved)
     run.history, run.done, run.position = saved.metrics, saved.epoch, saved.position
     run.last_saved = saved.epoch
@@ -429,14 +430,14 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path | None = None) -> f
 
 def _train(cfg: TrainConfig, run_dir: Path) -> float:
     run, source = _start(cfg, run_dir)
-    saved = _nothing_to_train(cfg.trainer, source)
-    if saved is not None:  # the run dir is left untouched
+    saved = None if source is None else checkpoint.read(source, run.data.train.x.device)
+    if saved is not None and saved.epoch >= cfg.trainer.epochs:  # the run dir is left untouched
         checkpoint.restore_networks(run.vae, saved)  # but networks and data must still fit
         log.info(_nothing_message(saved))
         tested = [m["test_loss"] for m in saved.metrics if m["test_loss"] is not None]
         return tested[-1] if tested else math.nan
-    if source is not None:
-        _restore(run, source)
+    if saved is not None:
+        _restore(run, saved)
     log.info("training on %s: %d train / %d test images of shape %s; run dir %s",
              run.data.train.x.device, len(run.data.train), len(run.data.test),
              run.data.image_shape, run.run_dir)  # fmt: skip
