@@ -81,8 +81,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     args = parser.parse_args()
-    print(f"z50 (MLP 784-400-50), global batch 256, {args.threads} thread(s) per process, "
-          f"{args.steps} steps x {args.repeats} repeats (median); CPU, gloo")  # fmt: skip
+    print(
+        f"z50 (MLP 784-400-50), global batch 256, {args.threads} thread(s) per process, "
+        f"{args.steps} steps x {args.repeats} repeats (median); CPU, gloo"
+    )
     for world in args.procs:
         with tempfile.TemporaryDirectory() as tmp:
             store, out = f"file://{tmp}/store", f"{tmp}/result"

@@ -181,12 +181,16 @@ def main() -> None:
     rate = matmul_gflops(device)
     floor = (len(x) * train_flops + len(data.test) * fwd) / (rate * 1e9)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"device {device} ({name}), torch {torch.__version__}, pyro {pyro.__version__}, "
-          f"threads {torch.get_num_threads()}")  # fmt: skip
+    print(
+        f"device {device} ({name}), torch {torch.__version__}, pyro {pyro.__version__}, "
+        f"threads {torch.get_num_threads()}"
+    )
     print(f"(a) float32 matmul 2048^3: {rate:.1f} GFLOP/s")
-    print(f"    z50 per image: forward {fwd / 1e6:.2f} MFLOP, train step {train_flops / 1e6:.2f} "
-          f"MFLOP; epoch (60,000 train + 10,000 test) {(len(x) * train_flops + len(data.test) * fwd) / 1e9:.0f} GFLOP "  # noqa: E501
-          f"-> FLOP floor {floor:.2f} s")  # fmt: skip
+    print(
+        f"    z50 per image: forward {fwd / 1e6:.2f} MFLOP, train step {train_flops / 1e6:.2f} "
+        f"MFLOP; epoch (60,000 train + 10,000 test) {(len(x) * train_flops + len(data.test) * fwd) / 1e9:.0f} GFLOP "  # noqa: E501
+        f"-> FLOP floor {floor:.2f} s"
+    )
 
     print("(b) training images/s (median of interleaved repeats)")
     print(f"    {'batch':>6} {'vae-pyro':>10} {'plain torch':>12} {'ratio':>6}")
@@ -218,8 +222,10 @@ def main() -> None:
         eval_gemms = gemm_seconds(gemm_shapes(probe, eval_batch, train=False), device)
         gemm_s = len(x) / batch * train_gemms + len(data.test) / eval_batch * eval_gemms
         epoch_s, plain_epoch_s = statistics.median(ours_s[1:]), statistics.median(plain_s[1:])
-        print(f"(c) full z50 epoch (60,000 train images at batch {batch} + 10,000 test images), "
-              "seconds of epochs 1, 2, 3")  # fmt: skip
+        print(
+            f"(c) full z50 epoch (60,000 train images at batch {batch} + 10,000 test images), "
+            "seconds of epochs 1, 2, 3"
+        )
         print(f"    vae-pyro train():         {', '.join(f'{t:.2f}' for t in ours_s)}")
         print(f"    plain PyTorch loop:       {', '.join(f'{t:.2f}' for t in plain_s)}")
         print(f"    the epoch's matrix products alone, at their real shapes: {gemm_s:.2f}")

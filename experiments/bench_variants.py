@@ -32,9 +32,12 @@ ROWS = {
     "hidden_layers=2": ["model.hidden_layers=2"],
     "vamp + iwae K=5": ["model/prior=vamp", "elbo=iwae"],
     "iwae K=5 + vamp + iaf + hidden_layers=2": [
-        "elbo=iwae", "model/prior=vamp", "model/posterior=iaf", "model.hidden_layers=2"
+        "elbo=iwae",
+        "model/prior=vamp",
+        "model/posterior=iaf",
+        "model.hidden_layers=2",
     ],
-}  # fmt: skip
+}
 
 
 def _generic(loc: torch.Tensor, scale: torch.Tensor) -> dist.Distribution:

@@ -90,10 +90,13 @@ TRAIN_BAD = [
 ]
 if not torch.cuda.is_available():
     TRAIN_BAD += [
-        ("trainer.device=cuda", "trainer.device=cuda but CUDA is not available on this machine; "
-         "use trainer.device=cpu or trainer.device=auto"),
+        (
+            "trainer.device=cuda",
+            "trainer.device=cuda but CUDA is not available on this machine; "
+            "use trainer.device=cpu or trainer.device=auto",
+        ),
         ("trainer.device=cuda:1", "use trainer.device=cpu or trainer.device=auto"),
-    ]  # fmt: skip
+    ]
 
 
 @pytest.mark.parametrize(("override", "message"), TRAIN_BAD, ids=[b[0] for b in TRAIN_BAD])
@@ -155,8 +158,9 @@ def test_run_dir_is_required(tmp_path):
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 CLI_BAD = [
@@ -253,8 +257,10 @@ def test_no_function_is_longer_than_50_lines():
 def test_released_checkpoint_loads_and_its_config_reads_today(mnist):
     vae, ckpt = checkpoint.load_vae(FIXTURE)
     assert ckpt.epoch == 1 and ckpt.config["elbo"] == {
-        "name": "trace", "num_particles": 1, "vectorize_particles": True
-    }  # fmt: skip
+        "name": "trace",
+        "num_particles": 1,
+        "vectorize_particles": True,
+    }
     assert (ckpt.model_config.z_dim, ckpt.model_config.hidden_dim) == (2, 16)
     assert ckpt.data_config.subset == 256
     from vae_pyro.evaluate import negative_elbo
@@ -276,10 +282,18 @@ def test_released_checkpoint_samples_and_evaluates(tmp_path):
 
 def test_released_checkpoint_resumes(make_cfg, tmp_path):
     ckpt = checkpoint.read(FIXTURE)
-    same = [f"{k}={v}" for k, v in (("model.z_dim", 2), ("model.hidden_dim", 16),
-                                    ("data.subset", 256), ("data.batch_size", 64))]  # fmt: skip
-    cfg = make_cfg(*same, "trainer.device=cpu", "trainer.epochs=2",
-                   f"trainer.resume_from={FIXTURE}")  # fmt: skip
+    same = [
+        f"{k}={v}"
+        for k, v in (
+            ("model.z_dim", 2),
+            ("model.hidden_dim", 16),
+            ("data.subset", 256),
+            ("data.batch_size", 64),
+        )
+    ]
+    cfg = make_cfg(
+        *same, "trainer.device=cpu", "trainer.epochs=2", f"trainer.resume_from={FIXTURE}"
+    )
     final = train(cfg, tmp_path)
     resumed = checkpoint.read(tmp_path / "checkpoint.pt")
     assert resumed.epoch == 2 and resumed.metrics[0] == ckpt.metrics[0]
@@ -296,8 +310,14 @@ def _compose_cmd(command: str, *overrides: str):
 
 def test_resume_into_other_networks_names_the_differing_settings(make_cfg, tmp_path):
     shutil.copy(FIXTURE, tmp_path / "checkpoint.pt")
-    cfg = make_cfg("model.z_dim=5", "model.hidden_dim=16", "data.subset=256",
-                   "trainer.device=cpu", "trainer.epochs=3", "trainer.resume=true")  # fmt: skip
+    cfg = make_cfg(
+        "model.z_dim=5",
+        "model.hidden_dim=16",
+        "data.subset=256",
+        "trainer.device=cpu",
+        "trainer.epochs=3",
+        "trainer.resume=true",
+    )
     with pytest.raises(VaePyroError) as err:
         train(cfg, tmp_path)
     assert "checkpoint model.z_dim=2, this command model.z_dim=5" in str(err.value)

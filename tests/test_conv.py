@@ -132,11 +132,15 @@ def runs(tmp_path_factory) -> dict[str, tuple[Path, object]]:
             Image.fromarray(pixels).save(folder / split / "a" / f"{i}.png")
     conv = ["model=conv", "model.z_dim=6", "model.hidden_dim=32", "model.channels=[8,16]"]
     setups = {
-        "grey": ["data=npz", f"data.path={save_npz(root / 'grey.npz', (1, 28, 28))}",
-                 "model.z_dim=4", "model.hidden_dim=64"],
+        "grey": [
+            "data=npz",
+            f"data.path={save_npz(root / 'grey.npz', (1, 28, 28))}",
+            "model.z_dim=4",
+            "model.hidden_dim=64",
+        ],
         "colour": ["data=npz", f"data.path={save_npz(root / 'colour.npz', (3, 16, 16))}", *conv],
         "folder": ["data=image_folder", f"data.path={folder}", *conv],
-    }  # fmt: skip
+    }
     out = {}
     for name, overrides in setups.items():
         cfg = _compose("train", [*FAST, *overrides])
@@ -198,15 +202,21 @@ def _rgb(path: Path) -> np.ndarray:
 
 def test_sampling_draws_colour_figures(runs, tmp_path):
     run_dir, *_ = runs["colour"]
-    written = sample(_compose("sample", [f"run_dir={run_dir}", "device=cpu",
-                                         f"out_dir={tmp_path}", "prior.num=16"]))  # fmt: skip
+    written = sample(
+        _compose(
+            "sample", [f"run_dir={run_dir}", "device=cpu", f"out_dir={tmp_path}", "prior.num=16"]
+        )
+    )
     assert set(written) == {"posterior", "prior", "interpolation", "latent"}
     for key in ("posterior", "prior", "interpolation"):
         pixels = _rgb(written[key])
         assert (np.abs(pixels[..., 0] - pixels[..., 1]) > 30).mean() > 0.01, key  # not grey
     grey_run, *_ = runs["grey"]
-    pixels = _rgb(sample(_compose("sample", [f"run_dir={grey_run}", "device=cpu",
-                                             f"out_dir={tmp_path / 'g'}"]))["prior"])  # fmt: skip
+    pixels = _rgb(
+        sample(
+            _compose("sample", [f"run_dir={grey_run}", "device=cpu", f"out_dir={tmp_path / 'g'}"])
+        )["prior"]
+    )
     assert (pixels[..., 0] == pixels[..., 1]).all()  # grey data stays grey
 
 

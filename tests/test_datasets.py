@@ -131,8 +131,13 @@ def test_npz_missing_or_unreadable_file(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(VaePyroError, match="cannot read .*junk.npz as an npz"):
         load_data("npz", path=tmp_path / "junk.npz")
-    np.savez(tmp_path / "obj.npz", x_train=np.array([{}], dtype=object), y_train=[0],
-             x_test=[0], y_test=[0])  # fmt: skip
+    np.savez(
+        tmp_path / "obj.npz",
+        x_train=np.array([{}], dtype=object),
+        y_train=[0],
+        x_test=[0],
+        y_test=[0],
+    )
     with pytest.raises(VaePyroError, match="cannot read .*obj.npz as an npz"):
         load_data("npz", path=tmp_path / "obj.npz")
 
@@ -305,8 +310,14 @@ def test_cli_bad_npz_is_one_line_and_exit_code_2(tmp_path):
     """The README's promise for every source: one error line on stderr, exit code 2."""
     path = make_npz(tmp_path / "bad.npz", (8, 8), y_test=None)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, "-m", "vae_pyro.train", "data=npz", f"data.path={path}",
-            f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "vae_pyro.train",
+        "data=npz",
+        f"data.path={path}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     result = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [

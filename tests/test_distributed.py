@@ -84,10 +84,18 @@ def test_all_reduce_keeps_the_inner_optimizers_state_format():
 
 def _torchrun(run_dir: Path, *overrides: str, procs: int = 2, **kw) -> subprocess.Popen:
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
-    cmd = [sys.executable, *(launcher if procs else []), "-m", "vae_pyro.train", *TINY,
-           f"hydra.run.dir={run_dir}", *overrides]  # fmt: skip
-    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, **kw)  # fmt: skip
+    cmd = [
+        sys.executable,
+        *(launcher if procs else []),
+        "-m",
+        "vae_pyro.train",
+        *TINY,
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+    ]
+    return subprocess.Popen(
+        cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw
+    )
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
@@ -106,8 +114,13 @@ def test_torchrun_run_writes_one_set_of_files_and_matches_one_process(tmp_path):
     assert code == 0, out
     assert len(_metrics(two)) == 2
     assert sorted(p.name for p in two.iterdir()) == [
-        ".hydra", "checkpoint.pt", "figures", "metrics.jsonl", "tensorboard", "train.log"
-    ]  # fmt: skip
+        ".hydra",
+        "checkpoint.pt",
+        "figures",
+        "metrics.jsonl",
+        "tensorboard",
+        "train.log",
+    ]
     assert len(list((two / "tensorboard").iterdir())) == 1
     assert (two / "train.log").read_text().count("epoch 2/2") == 1  # rank 0 alone logs
     assert checkpoint.read(two / "checkpoint.pt").epoch == 2

@@ -197,10 +197,20 @@ def test_evaluate_cli_writes_eval_json(trained, tmp_path):
     """The README's command, as a subprocess from another directory: nothing written there."""
     run_dir, _ = trained
     proc = subprocess.run(
-        [sys.executable, "-m", "vae_pyro.evaluate", f"run_dir={run_dir}", "num_particles=50",
-         "num_images=200", "output=eval_small.json"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "vae_pyro.evaluate",
+            f"run_dir={run_dir}",
+            "num_particles=50",
+            "num_images=200",
+            "output=eval_small.json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     record = json.loads((run_dir / "eval_small.json").read_text())
     assert record["num_particles"] == 50 and record["num_images"] == 200

@@ -32,9 +32,13 @@ DETERMINISTIC = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_CBWR": "AUTO"}
 
 def _cli(*args, **kw):
     return subprocess.Popen(
-        [sys.executable, "-m", "vae_pyro.train", *args], env=DETERMINISTIC,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
-    )  # fmt: skip
+        [sys.executable, "-m", "vae_pyro.train", *args],
+        env=DETERMINISTIC,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def _losses(run_dir):
@@ -92,8 +96,9 @@ def test_sigterm_checkpoints_mid_epoch_and_its_resume_command_works(reference, t
     hint = err.split("Resume with: ")[1].strip()
     args = shlex.split(hint)
     assert args[:3] == ["python", "-m", "vae_pyro.train"]
-    proc = subprocess.run([sys.executable, *args[1:]], capture_output=True, text=True, timeout=300,
-                          env=DETERMINISTIC)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, *args[1:]], capture_output=True, text=True, timeout=300, env=DETERMINISTIC
+    )
     assert proc.returncode == 0, proc.stderr
     losses, weights = reference
     assert _losses(tmp_path) == losses
@@ -111,8 +116,10 @@ def test_extending_a_finished_run_equals_training_longer(make_cfg, tmp_path):
 def test_resume_from_copies_history_into_a_new_run(make_cfg, tmp_path):
     quick = ["+experiment=z50", "data.subset=1000", "trainer.device=cpu"]
     train(make_cfg(*quick, "trainer.epochs=1"), tmp_path / "a")
-    train(make_cfg(*quick, "trainer.epochs=2", f"trainer.resume_from={tmp_path / 'a'}"),
-          tmp_path / "b")  # fmt: skip
+    train(
+        make_cfg(*quick, "trainer.epochs=2", f"trainer.resume_from={tmp_path / 'a'}"),
+        tmp_path / "b",
+    )
     assert [m["epoch"] for m in _losses(tmp_path / "b")] == [1, 2]
     assert _losses(tmp_path / "b")[0] == _losses(tmp_path / "a")[0]
     assert checkpoint.load(tmp_path / "a" / "checkpoint.pt")["epoch"] == 1  # source untouched
@@ -162,8 +169,10 @@ def test_resume_into_other_networks_is_one_clear_error(make_cfg, tmp_path):
     train(make_cfg(*quick, "trainer.epochs=1"), tmp_path)
     message = "checkpoint model.hidden_dim=400, this command model.hidden_dim=200"
     with pytest.raises(VaePyroError, match=message):
-        train(make_cfg(*quick, "trainer.epochs=2", "model.hidden_dim=200", "trainer.resume=true"),
-              tmp_path)  # fmt: skip
+        train(
+            make_cfg(*quick, "trainer.epochs=2", "model.hidden_dim=200", "trainer.resume=true"),
+            tmp_path,
+        )
 
 
 # Every command that loads a checkpoint, pointed at a run dir holding a damaged one.
@@ -209,8 +218,9 @@ def test_damaged_checkpoint_is_one_clear_error_for_every_loader(
     path.write_bytes(DAMAGE[damage](good_checkpoint))
     before = path.read_bytes()
     args = [a.format(run=tmp_path) for a in command]
-    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = proc.stderr.strip().splitlines()

@@ -164,8 +164,13 @@ def test_evaluator_weights_equal_pyro_traces_for_every_prior_and_posterior(prior
 def test_deeper_networks_add_layers_and_keep_the_seed_names():
     one, two = small(), small(hidden_layers=3)
     assert list(one.encoder.state_dict()) == [
-        "fc1.weight", "fc1.bias", "fc21.weight", "fc21.bias", "fc22.weight", "fc22.bias"
-    ]  # fmt: skip
+        "fc1.weight",
+        "fc1.bias",
+        "fc21.weight",
+        "fc21.bias",
+        "fc22.weight",
+        "fc22.bias",
+    ]
     extra = [k for k in two.state_dict() if "deeper" in k]
     assert len(extra) == 8  # 2 more Linear layers in each of encoder and decoder
     out = two.decoder.logits(torch.randn(2, 4))
@@ -179,17 +184,27 @@ COMBOS = [
     for objective in ("trace", "iwae")
 ]
 TINY = [
-    "model.z_dim=4", "model.hidden_dim=32", "model.prior.components=10",
-    "model.posterior.hidden=16", "data.subset=300", "data.batch_size=100",
-    "data.binarize=dynamic", "trainer.device=cpu",
-]  # fmt: skip
+    "model.z_dim=4",
+    "model.hidden_dim=32",
+    "model.prior.components=10",
+    "model.posterior.hidden=16",
+    "data.subset=300",
+    "data.batch_size=100",
+    "data.binarize=dynamic",
+    "trainer.device=cpu",
+]
 
 
 def _combo(prior, posterior, objective):
     k = ["elbo.num_particles=3"] if objective == "iwae" else []
     layers = ["model.hidden_layers=2"] if prior == posterior == "vamp" else []
-    return [f"model/prior={prior}", f"model/posterior={posterior}", f"elbo={objective}", *k,
-            *layers]  # fmt: skip
+    return [
+        f"model/prior={prior}",
+        f"model/posterior={posterior}",
+        f"elbo={objective}",
+        *k,
+        *layers,
+    ]
 
 
 def _state(run_dir):
@@ -306,5 +321,7 @@ def test_released_checkpoint_still_loads_as_the_plain_model(tmp_path):
     shutil.copy(fixture, tmp_path / "checkpoint.pt")
     vae, ckpt = checkpoint.load_vae(tmp_path / "checkpoint.pt")
     assert (vae.cfg.prior.name, vae.cfg.posterior.name, vae.cfg.hidden_layers) == (
-        "standard", "diagonal", 1
-    )  # fmt: skip
+        "standard",
+        "diagonal",
+        1,
+    )

@@ -94,8 +94,11 @@ def help_template(command: str, summary: str, examples: Sequence[str], groups: b
         "",
     ]
     if groups:
-        lines += ["Groups (group=option; +experiment=NAME appends conf/experiment/NAME.yaml):",
-                  "$APP_CONFIG_GROUPS", ""]  # fmt: skip
+        lines += [
+            "Groups (group=option; +experiment=NAME appends conf/experiment/NAME.yaml):",
+            "$APP_CONFIG_GROUPS",
+            "",
+        ]
     lines += [
         "Keys (key=default: meaning [allowed values]; the YAML files in conf/ comment each):",
         keys,
@@ -239,9 +242,12 @@ class Precheck(Callback):
         failed = [p for p in ran if _failed(p)]
         if failed:
             shown = ", ".join(map(str, failed[:3])) + (" ..." if len(failed) > 3 else "")
-            _fail(self.command, f"{len(failed)} of {len(ran)} sweep jobs failed (their "
-                  f"status.json: {shown}); python -m vae_pyro.report {sweep_dir} lists them",
-                  code=1)  # fmt: skip
+            _fail(
+                self.command,
+                f"{len(failed)} of {len(ran)} sweep jobs failed (their "
+                f"status.json: {shown}); python -m vae_pyro.report {sweep_dir} lists them",
+                code=1,
+            )
 
 
 def _follow(config: DictConfig, run_dir: str) -> None:

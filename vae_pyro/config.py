@@ -207,9 +207,10 @@ class ModelConfig(Section):
         ScaleParam.exp, "the encoder's fc22 as log-scale | log-variance | through softplus"
     )
     kl_weight: float = key(
-        1.0, "beta: loss = -E[log p(x|z)] + beta KL", Rule(lambda v: 0 <= v < math.inf,
-                                                          "a finite number >= 0")
-    )  # fmt: skip
+        1.0,
+        "beta: loss = -E[log p(x|z)] + beta KL",
+        Rule(lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    )
     kl_warmup_epochs: int = key(0, "KL weight rises from 0 over N epochs", _int_at_least(0))
     prior: PriorConfig = field(default_factory=PriorConfig)
     posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
@@ -246,14 +247,16 @@ class TrainerConfig(Section):
     eval_every: int = key(1, "test ELBO every N epochs (and after the last)", POSITIVE)
     eval_batch_size: int = key(2000, "images per test batch (memory only)", POSITIVE)
     device: str = key("auto", "where to train", DEVICE)
-    checkpoint_every: int = key(1, "write checkpoint.pt every N epochs (and after the last)",
-                                POSITIVE)  # fmt: skip
+    checkpoint_every: int = key(
+        1, "write checkpoint.pt every N epochs (and after the last)", POSITIVE
+    )
     resume: bool = key(False, "continue the checkpoint in hydra.run.dir")
     resume_from: str | None = key(None, "a checkpoint.pt or run dir to continue from")
     dist_timeout_s: float = key(
-        600.0, "torchrun runs: seconds a rank waits for the others before failing",
+        600.0,
+        "torchrun runs: seconds a rank waits for the others before failing",
         Rule(lambda v: 1 <= v < math.inf, "a finite number >= 1"),
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -291,9 +294,10 @@ class ManifoldFigure(Section):
     PREFIX: ClassVar[str] = "manifold."
     steps: int = key(15, "z_dim = 2: steps x steps decoded grid", _int_at_least(2))
     quantile: float = key(
-        0.02, "the grid spans the N(0, 1) quantiles q ... 1 - q",
+        0.02,
+        "the grid spans the N(0, 1) quantiles q ... 1 - q",
         Rule(lambda v: 0 < v < 0.5, "a number in (0, 0.5)"),
-    )  # fmt: skip
+    )
 
 
 def _vectors(value: list[Any]) -> bool:
@@ -344,8 +348,9 @@ class EvaluateConfig(Section):
     DEVICE_KEY: ClassVar[str] = "device"
     run_dir: str = key(MISSING, "a training run's directory, holding checkpoint.pt (required)")
     num_particles: int = key(5000, "K: importance samples per test image", POSITIVE)
-    max_batch_elements: int = key(100_000, "(particle, image) pairs per decoder call (memory)",
-                                  POSITIVE)  # fmt: skip
+    max_batch_elements: int = key(
+        100_000, "(particle, image) pairs per decoder call (memory)", POSITIVE
+    )
     num_images: int | None = key(None, "the first N test images only; null = all", POSITIVE)
     seed: int = key(0, "same seed and options = same numbers on the same device", SEED)
     device: str = key("auto", "where to evaluate", DEVICE)

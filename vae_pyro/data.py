@@ -243,8 +243,10 @@ def _npz_splits(path: Path, expect: tuple[int, int, int] | None = None) -> Split
     x_test = _npz_images(arrays["x_test"], "x_test", path)
     for x, key in ((x_train, "x_train"), (x_test, "x_test")):
         if expect is not None and tuple(x.shape[1:]) != expect:
-            raise VaePyroError(f"{path}: {key} holds images of shape (C, H, W) = "
-                               f"{tuple(x.shape[1:])}, expected {expect}")  # fmt: skip
+            raise VaePyroError(
+                f"{path}: {key} holds images of shape (C, H, W) = "
+                f"{tuple(x.shape[1:])}, expected {expect}"
+            )
     if x_train.shape[1:] != x_test.shape[1:]:
         raise VaePyroError(
             f"{path}: train images are {tuple(x_train.shape[1:])} and test images "

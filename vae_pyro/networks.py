@@ -223,5 +223,5 @@ ARCHS: dict[str, Callable[[tuple[int, ...], ModelConfig, bool], Networks]] = {
             shape, cfg.z_dim, cfg.hidden_dim, cfg.channels, cfg.scale_param, cfg.hidden_layers
         ),
         ConvDecoder(shape, cfg.z_dim, cfg.hidden_dim, cfg.channels, learn_scale, cfg.hidden_layers),
-    ),  # fmt: skip
+    ),
 }

@@ -199,8 +199,11 @@ def write_report(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], str]:
     ]
     top = best(rows)
     if top is not None:
-        lines += ["", f"Best: job {top['job']} ({' '.join(top['overrides'])}), "
-                  f"test loss {top['test_loss']:.2f}."]  # fmt: skip
+        lines += [
+            "",
+            f"Best: job {top['job']} ({' '.join(top['overrides'])}), "
+            f"test loss {top['test_loss']:.2f}.",
+        ]
     text = "\n".join(lines) + "\n"
     (sweep_dir / "summary.md").write_text(text + "\n![summary](summary.png)\n")
     plots.sweep_summary(rows, sweep_dir / "summary.png", title=str(sweep_dir))

@@ -123,8 +123,9 @@ def _test_split(ckpt: Checkpoint, device: torch.device) -> Split:
     keeps the unused training split small."""
     data_cfg = ckpt.data_config
     data = load_data_config(data_cfg, device, subset=1)
-    check_image_shape(ckpt.path, ckpt.image_shape, data.image_shape,
-                      f"data.name={data_cfg.name} now gives")  # fmt: skip
+    check_image_shape(
+        ckpt.path, ckpt.image_shape, data.image_shape, f"data.name={data_cfg.name} now gives"
+    )
     return data.test
 
 
@@ -159,8 +160,11 @@ def _latent_figures(cfg: SampleConfig, vae: VAE, test: Split, out: Path) -> dict
         }
     if vae.z_dim == 1:
         points = torch.cat([z, test.y.unsqueeze(1).float()], 1)
-        return {"latent": plots.latent_scatter(points, test.y, out / "latent.png",
-                                               ("z1", "label"), title)}  # fmt: skip
+        return {
+            "latent": plots.latent_scatter(
+                points, test.y, out / "latent.png", ("z1", "label"), title
+            )
+        }
     if cfg.latent.method == "tsne":
         points, axes = tsne_2d(z, cfg.seed), ("t-SNE 1", "t-SNE 2")
         title = f"{title}, t-SNE of {vae.z_dim} dims"
@@ -209,16 +213,22 @@ def _requested_figures(cfg: SampleConfig, vae: VAE, out: Path) -> dict[str, Path
         pyro.set_rng_seed(cfg.seed)
         means, draws = _means_and_draws(vae, _given_z(cfg, vae))
         written["decoded"] = plots.prior_samples(
-            means, out / "decoded.png", draws if cfg.prior.bernoulli else None,
-            nrow=cfg.prior.nrow, scale=cfg.scale, noun=noun, source="given z",
-        )  # fmt: skip
+            means,
+            out / "decoded.png",
+            draws if cfg.prior.bernoulli else None,
+            nrow=cfg.prior.nrow,
+            scale=cfg.scale,
+            noun=noun,
+            source="given z",
+        )
     if cfg.images is not None:
         device = next(vae.parameters()).device
         x = torch.stack([_read_image(Path(p), vae.image_shape) for p in cfg.images]).to(device)
         pyro.set_rng_seed(cfg.seed)
         means, draws = posterior_draws(vae, x, cfg.num_samples)
-        written["posterior"] = plots.posterior_samples(x, means, draws, out / "posterior.png",
-                                                       cfg.scale, noun)  # fmt: skip
+        written["posterior"] = plots.posterior_samples(
+            x, means, draws, out / "posterior.png", cfg.scale, noun
+        )
     return written
 
 
@@ -232,14 +242,22 @@ def _draw_figures(cfg: SampleConfig, vae: VAE, test: Split, out: Path) -> dict[s
     pyro.set_rng_seed(cfg.seed)
     x = test.x[indices]
     means, draws = posterior_draws(vae, x, cfg.num_samples)
-    written = {"posterior": plots.posterior_samples(x, means, draws, out / "posterior.png",
-                                                   cfg.scale, noun)}  # fmt: skip
+    written = {
+        "posterior": plots.posterior_samples(
+            x, means, draws, out / "posterior.png", cfg.scale, noun
+        )
+    }
     pyro.set_rng_seed(cfg.seed)
     means, draws = prior_draws(vae, cfg.prior.num)
     written["prior"] = plots.prior_samples(
-        means, out / "prior.png", draws if cfg.prior.bernoulli else None,
-        nrow=cfg.prior.nrow, scale=cfg.scale, noun=noun, source=f"z ~ {vae.prior_net.label}",
-    )  # fmt: skip
+        means,
+        out / "prior.png",
+        draws if cfg.prior.bernoulli else None,
+        nrow=cfg.prior.nrow,
+        scale=cfg.scale,
+        noun=noun,
+        source=f"z ~ {vae.prior_net.label}",
+    )
     a, b = (test.x[[p[i] for p in pairs]] for i in (0, 1))
     path = torch.cat([a.unsqueeze(1), interpolate(vae, a, b, cfg.interpolation.steps)], 1)
     rows = torch.cat([path, b.unsqueeze(1)], 1)

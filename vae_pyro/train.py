@@ -109,8 +109,9 @@ class Run:
 
     def tensors(self) -> list[torch.Tensor]:
         """The networks' weights and buffers (what rank 0 broadcasts), in a fixed order."""
-        return [t for name in checkpoint.NETWORKS for t in getattr(self.vae, name).state_dict()
-                .values()]  # fmt: skip
+        return [
+            t for name in checkpoint.NETWORKS for t in getattr(self.vae, name).state_dict().values()
+        ]
 
     def reseed(self, *where: int) -> None:
         """Ranks other than 0 draw their own latent noise (and binarizations)."""
@@ -275,9 +276,14 @@ def _run_epoch(run: Run, epoch: int, stop: _StopFlag) -> dict[str, Any]:
     device, batch_size, group = run.data.train.x.device, run.cfg.data.batch_size, run.group
     pos = run.position or checkpoint.Position(_permutation(run), 0, 0.0, 0.0, group.world)
     run.position, start, perm = None, time.perf_counter(), pos.perm.to(device)
-    bar = tqdm(range(pos.step, run.steps), initial=pos.step, total=run.steps, leave=False,
-               desc=f"epoch {epoch}/{run.cfg.trainer.epochs}",
-               disable=None if group.main else True)  # fmt: skip
+    bar = tqdm(
+        range(pos.step, run.steps),
+        initial=pos.step,
+        total=run.steps,
+        leave=False,
+        desc=f"epoch {epoch}/{run.cfg.trainer.epochs}",
+        disable=None if group.main else True,
+    )
     beta = kl_scale(run.cfg.model, epoch)  # KL weight (warm-up): 1 unless configured
     total = pos.total if group.main else 0.0  # the sum so far over all ranks: counted once
     for step in bar:
@@ -290,8 +296,9 @@ def _run_epoch(run: Run, epoch: int, stop: _StopFlag) -> dict[str, Any]:
         if stop.now() is not None and step + 1 < run.steps:
             seconds = pos.seconds + time.perf_counter() - start
             [total] = distributed.all_sum([total], group, device)
-            run.save(epoch - 1, checkpoint.Position(perm.cpu(), step + 1, total, seconds,
-                                                    group.world))  # fmt: skip
+            run.save(
+                epoch - 1, checkpoint.Position(perm.cpu(), step + 1, total, seconds, group.world)
+            )
             raise stop.interrupted(run, f"at epoch {epoch}, step {step + 1}/{run.steps}")
     seconds = pos.seconds + time.perf_counter() - start
     [total] = distributed.all_sum([total], group, device)
@@ -341,8 +348,9 @@ class _Recorder:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = run.run_dir / "metrics.jsonl"
         self._write(run.history, mode="w")
-        self.writer = SummaryWriter(log_dir=str(run.run_dir / "tensorboard"),
-                                    purge_step=run.done + 1)  # fmt: skip
+        self.writer = SummaryWriter(
+            log_dir=str(run.run_dir / "tensorboard"), purge_step=run.done + 1
+        )
 
     def _write(self, records: list[dict], mode: str = "a") -> None:
         with self.metrics.open(mode) as f:
@@ -374,8 +382,14 @@ def _checkpoint(
     if epoch % trainer.checkpoint_every == 0 or epoch == trainer.epochs or stop.now():
         run.save(epoch)
     test = "-" if record["test_loss"] is None else f"{record['test_loss']:.2f}"
-    log.info("epoch %d/%d  train %.2f  test %s  (%.1f s)", epoch, trainer.epochs,
-             record["train_loss"], test, record["seconds"])  # fmt: skip
+    log.info(
+        "epoch %d/%d  train %.2f  test %s  (%.1f s)",
+        epoch,
+        trainer.epochs,
+        record["train_loss"],
+        test,
+        record["seconds"],
+    )
     if stop.now() is not None and epoch < trainer.epochs:
         raise stop.interrupted(run, f"after epoch {epoch}")
 
@@ -400,8 +414,10 @@ def _start(cfg: TrainConfig, run_dir: Path) -> tuple[Run, Path | None]:
     group = distributed.start(cfg.trainer.device, cfg.trainer.dist_timeout_s)
     device = distributed.rank_device(group, resolve_device(cfg.trainer.device, "trainer.device"))
     if cfg.data.batch_size < group.world:
-        raise VaePyroError(f"data.batch_size={cfg.data.batch_size} is the global batch: it "
-                           f"must be at least the number of processes ({group.world})")  # fmt: skip
+        raise VaePyroError(
+            f"data.batch_size={cfg.data.batch_size} is the global batch: it "
+            f"must be at least the number of processes ({group.world})"
+        )
     pyro.clear_param_store()  # sweep jobs share one process: start each from nothing
     pyro.set_rng_seed(cfg.seed)
     data = load_data_config(cfg.data, device)
@@ -438,11 +454,18 @@ def _train(cfg: TrainConfig, run_dir: Path) -> float:
         return tested[-1] if tested else math.nan
     if saved is not None:
         _restore(run, saved)
-    log.info("training on %s: %d train / %d test images of shape %s; run dir %s",
-             run.data.train.x.device, len(run.data.train), len(run.data.test),
-             run.data.image_shape, run.run_dir)  # fmt: skip
-    with _Recorder(run) if run.group.main else contextlib.nullcontext() as recorder, \
-            _StopFlag() as stop:  # fmt: skip
+    log.info(
+        "training on %s: %d train / %d test images of shape %s; run dir %s",
+        run.data.train.x.device,
+        len(run.data.train),
+        len(run.data.test),
+        run.data.image_shape,
+        run.run_dir,
+    )
+    with (
+        _Recorder(run) if run.group.main else contextlib.nullcontext() as recorder,
+        _StopFlag() as stop,
+    ):
         stop.share(run)
         for epoch in range(run.done + 1, cfg.trainer.epochs + 1):
             record = _run_epoch(run, epoch, stop)
