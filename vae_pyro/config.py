@@ -12,10 +12,8 @@ implementation tables live beside the implementations (networks.ARCHS, model.LIK
 import dataclasses
 import difflib
 import math
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -24,13 +22,17 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from vae_pyro.errors import VaePyroError
-
-
-class Choice(str, Enum):
-    """A closed set of values: OmegaConf accepts exactly the member names; equal to its name."""
-
-    def __str__(self) -> str:
-        return self.value
+from vae_pyro.schema import (  # noqa: F401  (re-exported: the schema's vocabulary)
+    DEVICE,
+    POSITIVE,
+    SEED,
+    Choice,
+    Rule,
+    Section,
+    format_value,
+    int_at_least,
+    key,
+)
 
 
 class DataName(Choice):
@@ -86,26 +88,6 @@ class LatentMethod(Choice):
     tsne = "tsne"
 
 
-@dataclass(frozen=True)
-class Rule:
-    """A range: `ok(value)` must hold (null passes where the field is optional)."""
-
-    ok: Callable[[Any], bool]
-    allowed: str
-
-
-def _int_at_least(low: int) -> Rule:
-    return Rule(lambda v: v >= low, f"an integer >= {low}")
-
-
-POSITIVE = _int_at_least(1)
-DEVICE = Rule(
-    lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
-    "auto, cpu, cuda or cuda:N (auto = cuda when available)",
-)
-SEED = Rule(lambda v: 0 <= v < 2**32, "an integer from 0 to 4294967295")
-
-
 def resolve_device(spec: str, key: str = "trainer.device") -> torch.device:
     """auto -> cuda when available, else cpu; cpu, cuda and cuda:N as asked, if they exist.
 
@@ -126,33 +108,6 @@ def resolve_device(spec: str, key: str = "trainer.device") -> torch.device:
                 f"{key}={spec} but only {torch.cuda.device_count()} CUDA device(s) exist"
             )
     return device
-
-
-def key(default: Any = MISSING, help: str = "", rule: Rule | None = None) -> Any:
-    """A schema field: its default, what it means (for --help) and its range."""
-    meta = {"help": help, "rule": rule}
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def _value(value: Any) -> str:
-    return str(value) if isinstance(value, Enum | int | float | str) else repr(value)
-
-
-@dataclass
-class Section:
-    """Base of every schema: checks each field's rule once the values are final."""
-
-    PREFIX: ClassVar[str] = ""
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            rule, value = f.metadata.get("rule"), getattr(self, f.name)
-            if rule is not None and value is not None and not rule.ok(value):
-                raise VaePyroError(
-                    f"{self.PREFIX}{f.name}={_value(value)} is not allowed: use {rule.allowed}"
-                )
 
 
 @dataclass
@@ -211,7 +166,7 @@ class ModelConfig(Section):
         "beta: loss = -E[log p(x|z)] + beta KL",
         Rule(lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     )
-    kl_warmup_epochs: int = key(0, "KL weight rises from 0 over N epochs", _int_at_least(0))
+    kl_warmup_epochs: int = key(0, "KL weight rises from 0 over N epochs", int_at_least(0))
     prior: PriorConfig = field(default_factory=PriorConfig)
     posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
 
@@ -286,13 +241,13 @@ class InterpolationFigure(Section):
         "[[a, b], ...] test indices; null = consecutive pairs of `indices`",
         Rule(lambda v: len(v) > 0 and all(len(p) == 2 for p in v), "a list of [a, b] pairs"),
     )
-    steps: int = key(10, "decoded points on each line, both ends included", _int_at_least(2))
+    steps: int = key(10, "decoded points on each line, both ends included", int_at_least(2))
 
 
 @dataclass
 class ManifoldFigure(Section):
     PREFIX: ClassVar[str] = "manifold."
-    steps: int = key(15, "z_dim = 2: steps x steps decoded grid", _int_at_least(2))
+    steps: int = key(15, "z_dim = 2: steps x steps decoded grid", int_at_least(2))
     quantile: float = key(
         0.02,
         "the grid spans the N(0, 1) quantiles q ... 1 - q",
@@ -466,7 +421,7 @@ def _yaml(value: Any) -> str:
     """A value as it is typed on the command line."""
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
-    return _value(value).replace("'", "")
+    return format_value(value).replace("'", "")
 
 
 def _choices(annotation: Any) -> str:
