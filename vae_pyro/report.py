@@ -1,19 +1,26 @@
-"""Summarise a sweep: `python -m vae_pyro.report multirun/<date>/<time>`.
+"""Summarise a folder of runs: `python -m vae_pyro.report sweep_dir=multirun/<date>/<time>`
+(or the path alone, `report multirun/<date>/<time>`; any folder holding run dirs works, e.g.
+outputs/).
 
 Writes summary.csv, summary.md and summary.png into that directory and prints the table. It
-reads each job's `.hydra/config.yaml` and `.hydra/overrides.yaml`, `metrics.jsonl` and the
+reads each job's `.hydra/config.yaml` and `.hydra/overrides.yaml`, `metrics.jsonl`, `eval.json`
+(the importance-weighted -log p(x) of `vae_pyro.evaluate`, when there is one) and the
 `status.json` that `vae_pyro.train` writes in sweeps; never the logs, whose wording may change.
+A job whose files are damaged is a row marked `error`, and the others are still summarised. When
+runs differ only in `seed`, a second table gives the mean +- standard deviation over seeds.
 
-Plain argparse rather than Hydra: the report takes one path, composes no config, and should
-not create a run directory of its own. The command stays exactly `report <dir>`.
+Plain argparse rather than Hydra: the report composes no config and should not create a run
+directory of its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
+import statistics
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -23,7 +30,9 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from vae_pyro import plots
+from vae_pyro.config import flatten
 from vae_pyro.errors import VaePyroError
+from vae_pyro.files import atomic_write
 
 COLUMNS = [
     "job",
@@ -34,12 +43,15 @@ COLUMNS = [
     "hidden_dim",
     "lr",
     "test_loss",
+    "nll",
     "train_loss",
     "epochs",
     "seconds",
     "status",
     "error",
 ]
+# Keys that never make runs differ in what they compute (where they run, how they resume).
+IGNORED = ("hydra.", "trainer.resume", "trainer.device", "trainer.dist_timeout_s")
 
 
 def find_jobs(sweep_dir: Path) -> list[Path]:
@@ -65,20 +77,33 @@ def _metrics(path: Path) -> list[dict]:
     return records
 
 
+def _config(job_dir: Path) -> tuple[Any, list[str], str]:
+    """The job's saved config and overrides; an empty config and the reason when unreadable."""
+    try:
+        cfg = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
+        overrides_path = job_dir / ".hydra" / "overrides.yaml"
+        overrides = list(OmegaConf.load(overrides_path)) if overrides_path.is_file() else []
+        return cfg, [str(o) for o in overrides], ""
+    except Exception as err:  # YAML syntax, encoding, permissions: this row only
+        reason = " ".join(str(err).split())[:120] or type(err).__name__
+        return OmegaConf.create(), [], f".hydra/ is unreadable ({reason})"
+
+
 def read_job(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
     """One summary row: what the job was asked to do (config) and what it wrote (metrics)."""
-    cfg = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
-    overrides_path = job_dir / ".hydra" / "overrides.yaml"
-    overrides = list(OmegaConf.load(overrides_path)) if overrides_path.is_file() else []
+    cfg, overrides, damaged = _config(job_dir)
     row: dict[str, Any] = {
         "job": job_dir.relative_to(sweep_dir).as_posix(),
-        "overrides": [str(o) for o in overrides],
+        "overrides": overrides,
+        "config": {} if damaged else _flat(cfg),
         "data": OmegaConf.select(cfg, "data.name", default=None),
         "arch": OmegaConf.select(cfg, "model.arch", default="mlp"),  # runs before model.arch
         "z_dim": OmegaConf.select(cfg, "model.z_dim", default=None),
         "hidden_dim": OmegaConf.select(cfg, "model.hidden_dim", default=None),
         "lr": OmegaConf.select(cfg, "optim.lr", default=None),
+        "seed": OmegaConf.select(cfg, "seed", default=None),
         "test_loss": None,
+        "nll": None,
         "train_loss": None,
         "epochs": 0,
         "planned_epochs": OmegaConf.select(cfg, "trainer.epochs", default=None),
@@ -86,37 +111,73 @@ def read_job(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
         "status": None,
         "error": "",
     }
-    status_path = job_dir / "status.json"
-    if status_path.is_file():
-        try:
-            status = json.loads(status_path.read_text())
-            row["status"], row["error"] = status["status"], status.get("error", "")
-        except (json.JSONDecodeError, KeyError, TypeError):
-            row["status"], row["error"] = "error", "status.json is unreadable"
-    metrics_path = job_dir / "metrics.jsonl"
-    if metrics_path.is_file():
-        try:
-            records = _metrics(metrics_path)
-        except ValueError as err:
-            row["status"], row["error"] = "error", str(err)
-            records = []
-        if records:
-            tested = [r["test_loss"] for r in records if r.get("test_loss") is not None]
-            row["test_loss"] = tested[-1] if tested else None
-            row["train_loss"] = records[-1].get("train_loss")
-            row["epochs"] = records[-1].get("epoch", len(records))
-            row["seconds"] = sum(r.get("seconds") or 0.0 for r in records)
+    _read_status(job_dir, row)
+    _read_metrics(job_dir, row)
+    _read_eval(job_dir, row)
+    if damaged:
+        row["status"], row["error"] = "error", damaged
     if row["status"] is None:  # no status.json: a plain run, or a job still running or killed
         done = row["epochs"] and row["epochs"] == row["planned_epochs"]
         row["status"] = "ok" if done and row["test_loss"] is not None else "incomplete"
     return row
 
 
+def _flat(cfg: Any) -> dict[str, Any]:
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an interpolation that no longer resolves: compare the raw text
+        plain = OmegaConf.to_container(cfg, resolve=False)
+    return flatten(plain) if isinstance(plain, dict) else {}
+
+
+def _read_status(job_dir: Path, row: dict[str, Any]) -> None:
+    status_path = job_dir / "status.json"
+    if status_path.is_file():
+        try:
+            status = json.loads(status_path.read_text())
+            row["status"], row["error"] = status["status"], status.get("error", "")
+        except (OSError, ValueError, KeyError, TypeError):
+            row["status"], row["error"] = "error", "status.json is unreadable"
+
+
+def _read_metrics(job_dir: Path, row: dict[str, Any]) -> None:
+    metrics_path = job_dir / "metrics.jsonl"
+    if not metrics_path.is_file():
+        return
+    try:
+        records = _metrics(metrics_path)
+    except (OSError, ValueError) as err:
+        row["status"], row["error"] = "error", str(err)
+        return
+    if records:
+        tested = [r["test_loss"] for r in records if r.get("test_loss") is not None]
+        row["test_loss"] = tested[-1] if tested else None
+        row["train_loss"] = records[-1].get("train_loss")
+        row["epochs"] = records[-1].get("epoch", len(records))
+        row["seconds"] = sum(r.get("seconds") or 0.0 for r in records)
+
+
+def _read_eval(job_dir: Path, row: dict[str, Any]) -> None:
+    """-log p(x) from eval.json (vae_pyro.evaluate's default output), when it is there."""
+    path = job_dir / "eval.json"
+    try:
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        nll = record.get("nll")
+        row["nll"] = float(nll) if isinstance(nll, int | float) else None
+    except (OSError, ValueError, AttributeError):
+        row["nll"] = None
+
+
 def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per job of the sweep in sweep_dir; VaePyroError when there is nothing to read."""
-    sweep_dir = Path(sweep_dir)
+    sweep_dir = Path(sweep_dir).expanduser()
     if not sweep_dir.is_dir():
         raise VaePyroError(f"no such directory: {sweep_dir}")
+    if (sweep_dir / ".hydra" / "config.yaml").is_file():
+        raise VaePyroError(
+            f"{sweep_dir} is one run's directory, not a folder of runs: report summarises the "
+            f"runs under a folder (e.g. {sweep_dir.parent}) and writes nothing into a run"
+        )
     jobs = find_jobs(sweep_dir)
     if not jobs:
         raise VaePyroError(
@@ -127,11 +188,81 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def varying(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
-    """Per row, the overrides that differ between jobs (all of them when only one job)."""
+    """Per row, what differs between the jobs: the overrides that differ, or, where those are the
+    same (runs of separate commands, a changed default), the config values that differ."""
     if len(rows) < 2:
         return [list(r["overrides"]) for r in rows]
     shared = set.intersection(*(set(r["overrides"]) for r in rows))
-    return [[o for o in r["overrides"] if o not in shared] for r in rows]
+    labels = [[o for o in r["overrides"] if o not in shared] for r in rows]
+    if len({tuple(label) for label in labels}) == len({_key(r, ()) for r in rows}):
+        return labels
+    differing = _differing_keys(rows)
+    return [[f"{k}={r['config'].get(k)}" for k in differing] for r in rows]
+
+
+def _differing_keys(rows: Sequence[dict[str, Any]]) -> list[str]:
+    keys = sorted({k for r in rows for k in r["config"] if not k.startswith(IGNORED)})
+    return [k for k in keys if len({repr(r["config"].get(k)) for r in rows}) > 1]
+
+
+def _key(row: dict[str, Any], without: tuple[str, ...]) -> tuple:
+    """The row's config (less `without` and IGNORED keys) as something to group by."""
+    items = row["config"].items()
+    return tuple(sorted((k, repr(v)) for k, v in items if not k.startswith(IGNORED + without)))
+
+
+def over_seeds(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Finished runs grouped by everything but `seed`: per group the seeds and the mean and
+    standard deviation (n - 1) of the final test loss and of eval.json's -log p(x). Empty unless
+    some group holds more than one seed."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["status"] == "ok" and row["config"]:
+            groups.setdefault(_key(row, ("seed",)), []).append(row)
+    if not any(len({r["seed"] for r in g}) > 1 for g in groups.values()):
+        return []
+    differing = [k for k in _differing_keys(rows) if k != "seed"]
+    out = []
+    for members in groups.values():
+        label = " ".join(f"{k}={members[0]['config'].get(k)}" for k in differing)
+        out.append(
+            {
+                "setting": label or "-",
+                "seeds": sorted(r["seed"] for r in members),
+                "test_loss": _spread([r["test_loss"] for r in members]),
+                "nll": _spread([r["nll"] for r in members]),
+            }
+        )
+    return out
+
+
+def _spread(values: list[float | None]) -> tuple[float, float | None, int] | None:
+    """(mean, standard deviation or None for one value, count) of the values given."""
+    known = [v for v in values if v is not None and math.isfinite(v)]
+    if not known:
+        return None
+    sd = statistics.stdev(known) if len(known) > 1 else None
+    return statistics.fmean(known), sd, len(known)
+
+
+def _pm(spread: tuple[float, float | None, int] | None) -> str:
+    if spread is None:
+        return "-"
+    mean, sd, n = spread
+    return f"{mean:.2f}" if sd is None else f"{mean:.2f} +- {sd:.2f} (n={n})"
+
+
+def seeds_table(groups: Sequence[dict[str, Any]]) -> str:
+    """The table of means over seeds (summary.md and the terminal)."""
+    lines = [
+        "| setting | seeds | test loss | -log p(x) (eval.json) |",
+        "|---|---|---|---|",
+    ]
+    for g in groups:
+        seeds = ",".join(map(str, g["seeds"]))
+        cells = [g["setting"], seeds, _pm(g["test_loss"]), _pm(g["nll"])]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
 
 
 def _num(value: float | None, digits: int) -> str:
@@ -178,15 +309,16 @@ def best(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     return min(ok, key=lambda r: r["test_loss"]) if ok else None
 
 
-def write_report(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], str]:
-    """Write summary.csv, summary.md and summary.png into sweep_dir; return the rows and text."""
-    sweep_dir = Path(sweep_dir)
-    rows = summarize(sweep_dir)
-    with (sweep_dir / "summary.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:  # full precision: repr of a float reads back as the same float
-            writer.writerow({**row, "overrides": " ".join(row["overrides"])})
+def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:  # full precision: repr of a float reads back as the same float
+        writer.writerow({**row, "overrides": " ".join(row["overrides"])})
+    return out.getvalue()
+
+
+def _summary_text(sweep_dir: Path, rows: Sequence[dict[str, Any]]) -> str:
     counts = Counter(r["status"] for r in rows)
     lines = [
         f"# Sweep summary: {sweep_dir}",
@@ -197,6 +329,9 @@ def write_report(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], str]:
         "",
         markdown_table(rows),
     ]
+    groups = over_seeds(rows)
+    if groups:
+        lines += ["", "Over seeds (mean +- standard deviation):", "", seeds_table(groups)]
     top = best(rows)
     if top is not None:
         lines += [
@@ -204,27 +339,56 @@ def write_report(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], str]:
             f"Best: job {top['job']} ({' '.join(top['overrides'])}), "
             f"test loss {top['test_loss']:.2f}.",
         ]
-    text = "\n".join(lines) + "\n"
-    (sweep_dir / "summary.md").write_text(text + "\n![summary](summary.png)\n")
-    plots.sweep_summary(rows, sweep_dir / "summary.png", title=str(sweep_dir))
+    return "\n".join(lines) + "\n"
+
+
+def write_report(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], str]:
+    """Write summary.csv, summary.md and summary.png into sweep_dir (each atomically); return
+    the rows and the text."""
+    sweep_dir = Path(sweep_dir).expanduser()
+    rows = summarize(sweep_dir)
+    text = _summary_text(sweep_dir, rows)
+    try:
+        csv_bytes = _csv_text(rows).encode()
+        atomic_write(sweep_dir / "summary.csv", lambda f: f.write(csv_bytes))
+        md = (text + "\n![summary](summary.png)\n").encode()
+        atomic_write(sweep_dir / "summary.md", lambda f: f.write(md))
+        plots.sweep_summary(rows, sweep_dir / "summary.png", title=str(sweep_dir))
+    except OSError as err:
+        raise VaePyroError(
+            f"could not write the summary into {sweep_dir}: {err.strerror or err}"
+        ) from None
     return rows, text
+
+
+def _parse(argv: Sequence[str] | None) -> Path:
+    parser = argparse.ArgumentParser(
+        prog="python -m vae_pyro.report",
+        description="Summarise a folder of runs (a sweep's multirun/<date>/<time>, or outputs/): "
+        "summary.csv, summary.md, summary.png in that folder.",
+    )
+    parser.add_argument(
+        "sweep_dir", metavar="sweep_dir=DIR", help="e.g. sweep_dir=multirun/2026-11-21/14-00-00"
+    )
+    args = parser.parse_args(argv)
+    key, eq, value = args.sweep_dir.partition("=")
+    if not eq:
+        return Path(args.sweep_dir)  # the positional form
+    if key != "sweep_dir" or not value:
+        parser.error(f"unknown argument {args.sweep_dir}: give sweep_dir=DIR")
+    return Path(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: print the summary; bad input is one line on stderr and exit code 2."""
-    parser = argparse.ArgumentParser(
-        prog="python -m vae_pyro.report",
-        description="Summarise a Hydra multirun directory: summary.csv, summary.md, summary.png.",
-    )
-    parser.add_argument("sweep_dir", type=Path, help="e.g. multirun/2026-11-21/14-00-00")
-    args = parser.parse_args(argv)
+    sweep_dir = _parse(argv)
     try:
-        _, text = write_report(args.sweep_dir)
+        _, text = write_report(sweep_dir)
     except VaePyroError as err:
         print(f"vae_pyro.report: error: {err}", file=sys.stderr)
         return 2
     print(text, end="")
-    print(f"wrote summary.csv, summary.md, summary.png in {args.sweep_dir}")
+    print(f"wrote summary.csv, summary.md, summary.png in {sweep_dir}")
     return 0
 
 
