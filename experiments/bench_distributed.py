@@ -4,8 +4,8 @@
 
 Each process count runs the training step exactly as train.py builds it (build_svi, svi_step)
 on MNIST with the z50 config's global batch (256): one process takes the whole batch, each of
-N processes its 1/N slice and the gradients are summed by optim.AllReduce. images/s counts the
-global batch. The all-reduce's share is the time spent inside the AllReduce wrapper's
+N processes its 1/N slice and the gradients are summed by distributed.AllReduce. images/s counts
+the global batch. The all-reduce's share is the time spent inside the AllReduce wrapper's
 all_reduce call over the wall time of the timed steps (rank 0's view). With N processes on a
 machine with fewer free cores than N x OMP_NUM_THREADS, no gain is to be expected.
 """
@@ -55,7 +55,7 @@ def _measure(rank: int, world: int, args: argparse.Namespace, store: str, out: s
         start = time.perf_counter()
         for s in range(offset, offset + n):
             s %= len(perm) // batch  # whole batches only, round and round
-            idx = perm[s * batch : (s + 1) * batch].tensor_split(world)[rank]
+            idx = group.shard(perm[s * batch : (s + 1) * batch])
             svi_step(svi, data.train_batch(idx))
         return time.perf_counter() - start
 

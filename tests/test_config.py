@@ -13,6 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vae_pyro import checkpoint, cli, config, data, model, networks
@@ -357,3 +358,61 @@ def test_a_truncated_mnist_file_is_named_as_damaged(tmp_path):
     with pytest.raises(VaePyroError) as err:
         data.load_data("mnist", root=tmp_path)
     assert f"{damaged} is damaged" in str(err.value) and "not found" not in str(err.value)
+
+
+# --- one source of every default: the schema's dataclasses --------------------------------------
+
+# conf/ folder -> the schema section its files fill (experiments, sweeps and launchers are deltas
+# that pin a protocol on purpose, whatever the defaults become, so they may restate a value).
+SECTIONS = {
+    "train.yaml": ("train", ""),
+    "sample.yaml": ("sample", ""),
+    "evaluate.yaml": ("evaluate", ""),
+    "data": ("train", "data."),
+    "model": ("train", "model."),
+    "model/prior": ("train", "model.prior."),
+    "model/posterior": ("train", "model.posterior."),
+    "optim": ("train", "optim."),
+    "elbo": ("train", "elbo."),
+    "trainer": ("train", "trainer."),
+}
+
+
+def _schema_defaults(command: str) -> dict:
+    schema = OmegaConf.structured(config.SCHEMAS[command])
+    return config.flatten(OmegaConf.to_container(schema, resolve=False, enum_to_str=True))
+
+
+def _yaml_values(path: Path) -> dict:
+    node = OmegaConf.load(path)
+    plain = OmegaConf.to_container(node, resolve=False) or {}
+    plain = {k: v for k, v in plain.items() if k not in ("defaults", "hydra")}
+    return config.flatten(plain)
+
+
+def _conf_files():
+    for path in sorted(CONF.rglob("*.yaml")):
+        where = path.relative_to(CONF)
+        section = str(where) if where.parent == Path(".") else str(where.parent)
+        if section in SECTIONS:
+            yield path, section
+
+
+CONF = REPO / "conf"
+
+
+@pytest.mark.parametrize(
+    "path,section", list(_conf_files()), ids=lambda v: str(v).replace(str(REPO), "")[-30:]
+)
+def test_no_default_is_written_twice(path, section):
+    """Each key's default lives in the schema (vae_pyro/config.py) alone: a YAML file holds only
+    what its option changes, and a group option's `name` is its file's name."""
+    command, prefix = SECTIONS[section]
+    defaults = _schema_defaults(command)
+    for key, value in _yaml_values(path).items():
+        dotted = prefix + key
+        if key == "name":
+            assert value == path.stem, f"{path}: name {value} is not the file's name"
+            continue
+        assert dotted in defaults, f"{path}: {dotted} is not a schema key"
+        assert value != defaults[dotted], f"{path}: {dotted}={value} repeats the schema default"

@@ -4,6 +4,7 @@ global batch, rank 0's files, SIGTERM and resume, another number of processes.""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -19,8 +20,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from vae_pyro import checkpoint, distributed
+from vae_pyro.distributed import AllReduce
+from vae_pyro.errors import VaePyroError
 from vae_pyro.model import build_vae
-from vae_pyro.optim import AllReduce
 from vae_pyro.train import build_svi, svi_step
 
 TINY = ["model.z_dim=8", "model.hidden_dim=64", "data.subset=2000", "trainer.device=cpu"]
@@ -171,3 +173,99 @@ def test_batch_smaller_than_the_world_is_refused(make_cfg, tmp_path, monkeypatch
     monkeypatch.setattr(distributed, "_joined", distributed.Group(0, 4, 0))
     with pytest.raises(VaePyroError, match="data.batch_size=2 is the global batch"):
         train(make_cfg(*TINY, "data.batch_size=2"), tmp_path / "run")
+
+
+# --- the process group's operations and the rank-0 writer -------------------------------------
+
+
+def _stop_worker(rank, init, out):
+    """Rank 1 alone sees a signal before step 2; the wish travels in the gradient bucket."""
+    from vae_pyro.optim import Adam
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    group = distributed.Group(rank, 2, rank)
+    pyro.clear_param_store()
+    param = pyro.param("w", torch.zeros(3)).unconstrained()
+    wish = {"signum": None}
+    optimizer = group.wrap(Adam({"lr": 0.1}))
+    now = group.agree_to_stop(optimizer, lambda: wish["signum"])
+    agreed = []
+    for step in range(4):
+        if rank == 1 and step == 2:
+            wish["signum"] = signal.SIGINT
+        param.grad = torch.full((3,), float(rank + 1))
+        optimizer([param])
+        agreed.append(None if now() is None else int(now()))
+    torch.save((agreed, param.detach().clone()), f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_the_ranks_agree_to_stop_after_the_same_step(tmp_path):
+    out, init = tmp_path / "agreed", f"file://{tmp_path / 'store'}"
+    mp.spawn(_stop_worker, args=(init, str(out)), nprocs=2, join=True)
+    (first, w0), (second, w1) = (torch.load(f"{out}.{r}") for r in (0, 1))
+    assert first == [None, None, signal.SIGTERM, signal.SIGTERM]  # rank 0 saw no signal itself
+    assert second == [None, None, signal.SIGINT, signal.SIGINT]
+    torch.testing.assert_close(w0, w1, rtol=0, atol=0)
+
+
+def test_one_process_stops_on_its_own_signal_and_keeps_its_optimizer():
+    inner = pyro.optim.Adam({"lr": 1e-3})
+    assert distributed.SINGLE.wrap(inner) is inner
+    wish = {"signum": None}
+    now = distributed.SINGLE.agree_to_stop(inner, lambda: wish["signum"])
+    assert now() is None
+    wish["signum"] = signal.SIGTERM
+    assert now() == signal.SIGTERM
+
+
+def test_group_operations_are_no_ops_in_one_process_and_slices_off_rank_0():
+    single, second = distributed.SINGLE, distributed.Group(1, 2, 1)
+    batch = torch.arange(5)
+    assert single.shard(batch) is batch
+    assert second.shard(batch).tolist() == [3, 4]
+    assert single.sum([1.5, 2.0], torch.device("cpu")) == [1.5, 2.0]
+    assert single.part(7.0) == 7.0 and second.part(7.0) == 0.0  # summed once over the ranks
+    assert single.share({"a": 1}) == {"a": 1}
+    assert single.decide(lambda: 3) == 3
+    assert single.launcher == "python" and second.launcher == "torchrun --nproc_per_node=2"
+    with pytest.raises(VaePyroError, match="run by 4 process"):
+        second.check_resumable(4, Path("ckpt.pt"))
+
+
+def _record(epoch: int) -> dict:
+    return {"epoch": epoch, "train_loss": 100.0 - epoch, "test_loss": None, "seconds": 1.0}
+
+
+def test_the_writer_does_nothing_off_rank_0(tmp_path, monkeypatch, caplog):
+    barriers = []
+    monkeypatch.setattr(dist, "barrier", lambda: barriers.append(True))
+    run_dir, log = tmp_path / "run", logging.getLogger("vae_pyro.test_writer")
+    writer = distributed.Writer(distributed.Group(1, 2, 1), run_dir, log)
+    with caplog.at_level(logging.INFO, logger=log.name), writer.open([_record(1)], 2):
+        writer.record(_record(2), ("train_loss", "test_loss"), 2)
+        writer.save(lambda: run_dir.mkdir())
+        writer.info("said")
+        writer.warning("warned")
+        assert writer.only(lambda: "ran") is None
+        bar = writer.progress(range(3))
+        assert list(bar) == [0, 1, 2] and bar.disable
+    assert barriers == [True]  # it still waits for rank 0's checkpoint
+    assert not run_dir.exists() and caplog.records == []
+
+
+def test_the_writer_of_rank_0_writes_everything(tmp_path, caplog):
+    run_dir, log = tmp_path / "run", logging.getLogger("vae_pyro.test_writer")
+    writer = distributed.Writer(distributed.SINGLE, run_dir, log)
+    with caplog.at_level(logging.INFO, logger=log.name), writer.open([_record(1)], 2):
+        writer.record(_record(2), ("train_loss", "test_loss"), 2)
+        writer.save(lambda: (run_dir / "checkpoint.pt").write_text("saved"))
+        writer.info("said")
+        assert writer.only(lambda: "ran") == "ran"
+    assert [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [
+        _record(1),
+        _record(2),
+    ]
+    assert len(list((run_dir / "tensorboard").iterdir())) == 1
+    assert (run_dir / "checkpoint.pt").read_text() == "saved"
+    assert [r.getMessage() for r in caplog.records] == ["said"]

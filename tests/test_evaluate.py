@@ -262,7 +262,7 @@ def test_checkpoint_from_before_the_options_still_evaluates(trained, tmp_path, m
     del ckpt["config"]["data"]["binarize"]
     checkpoint.save(tmp_path / "checkpoint.pt", ckpt)
     old, _ = checkpoint.load_vae(tmp_path / "checkpoint.pt")
-    assert old.likelihood_name == "bernoulli" and old.encoder.scale_param == "exp"
+    assert old.likelihood_name == "bernoulli" and old.cfg.scale_param == "exp"
     record = evaluate.evaluate(
         _compose("evaluate", f"run_dir={tmp_path}", "num_particles=5", "num_images=50")
     )

@@ -93,7 +93,7 @@ def test_scale_heads_keep_layer_names_and_transform():
 
 def test_old_model_config_builds_the_original_model():
     vae = build_vae((1, 28, 28), {"z_dim": 4, "hidden_dim": 8})
-    assert vae.likelihood_name == "bernoulli" and vae.encoder.scale_param == "exp"
+    assert vae.likelihood_name == "bernoulli" and vae.cfg.scale_param == "exp"
     assert not hasattr(vae.decoder, "log_scale")
 
 

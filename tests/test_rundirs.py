@@ -23,11 +23,12 @@ from omegaconf import OmegaConf
 
 from vae_pyro import checkpoint, files
 from vae_pyro import evaluate as evaluate_module
-from vae_pyro.cli import CONF_DIR, Precheck
+from vae_pyro.cli import CONF_DIR, NothingToDo, Precheck, _Job
+from vae_pyro.config import TrainConfig, to_object
 from vae_pyro.errors import VaePyroError
 from vae_pyro.evaluate import evaluate
 from vae_pyro.sample import sample
-from vae_pyro.train import train
+from vae_pyro.train import claim_run_dir, train
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "checkpoint_v1.pt"  # z_dim 2, hidden 16, 1 epoch
@@ -156,6 +157,49 @@ def test_nothing_to_train_in_process_returns_the_last_test_loss(tmp_path):
         cfg = _compose("train", *TINY, f"trainer.epochs={epochs}", "trainer.resume=true")
         assert train(cfg, tmp_path) == final
         assert _snapshot(tmp_path) == before
+
+
+def _counted(real, calls: list):
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    return wrapper
+
+
+def test_the_claim_is_made_once_and_handed_to_the_task(tmp_path, monkeypatch):
+    """What the CLI's Precheck claims (lock, resume source, checkpoint) is what train uses:
+    one lock, one read of the checkpoint; the lock ends with the run."""
+    train(_compose("train", *TINY, "trainer.epochs=1"), tmp_path)
+    reads, locks = [], []
+    monkeypatch.setattr(checkpoint, "read", _counted(checkpoint.read, reads))
+    monkeypatch.setattr(files, "acquire", _counted(files.acquire, locks))
+    cfg = to_object(
+        _compose("train", *TINY, "trainer.epochs=2", "trainer.resume=true"), TrainConfig
+    )
+    start = claim_run_dir(cfg, tmp_path)
+    assert start.saved is not None and start.saved.epoch == 1
+    job = _Job("train", lambda c, claimed: train(c, start=claimed), claims=True)
+    check = Precheck("train")
+    check.claimed = start
+    check.on_job_start(config=OmegaConf.create({}), task_function=job)
+    assert job.claimed is start and check.claimed is None
+    train(cfg, start=job.claimed)
+    assert len(reads) == 1 and len(locks) == 1
+    assert not (tmp_path / files.LOCK_NAME).exists()
+    assert [m["epoch"] for m in checkpoint.load(tmp_path / "checkpoint.pt")["metrics"]] == [1, 2]
+
+
+def test_a_claim_with_nothing_to_train_says_so_and_lets_go(tmp_path):
+    train(_compose("train", *TINY, "trainer.epochs=1"), tmp_path)
+    before = _snapshot(tmp_path)
+    cfg = to_object(
+        _compose("train", *TINY, "trainer.epochs=1", "trainer.resume=true"), TrainConfig
+    )
+    with pytest.raises(NothingToDo, match="nothing to train: the run already has 1 epoch "):
+        claim_run_dir(cfg, tmp_path)
+    assert _snapshot(tmp_path) == before
+    assert tmp_path.resolve() not in files._HELD  # let go: another run may take the dir
 
 
 # --- one process per run dir ----------------------------------------------------------------

@@ -5,27 +5,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from PIL import Image
 
-from vae_pyro import checkpoint, plots
+from vae_pyro import checkpoint, config, figures, model, plots
 from vae_pyro.cli import CONF_DIR
 from vae_pyro.data import load_data
 from vae_pyro.errors import VaePyroError
+from vae_pyro.figures import interpolate, manifold, pca_2d, posterior_draws, prior_draws
 from vae_pyro.model import VAE
-from vae_pyro.sample import (
-    interpolate,
-    manifold,
-    pca_2d,
-    posterior_draws,
-    prior_draws,
-    sample,
-)
+from vae_pyro.sample import sample
 from vae_pyro.train import train
 
 # One epoch on 5,000 images (~2 s each). Small networks learn enough in that time for posterior
@@ -196,6 +192,56 @@ def test_colour_images_of_any_size(tmp_path):
     pixels = png_pixels(plots.posterior_samples(x, means, samples, tmp_path / "colour.png"))
     assert pixels.shape[1::-1] == panels_px(grid_px(4, 6, 8, 12), grid_px(4, 6, 8, 12))
     assert (pixels[..., 0] != pixels[..., 1]).any()  # colour survives
+
+
+@dataclass
+class TinyFigure(config.Section):
+    side: int = config.key(2, "prior draws per side", config.POSITIVE)
+
+
+def _draw_tiny(scene: figures.Scene, opts: TinyFigure) -> Path:
+    means = scene.vae.sample_prior(opts.side**2)
+    return plots.prior_samples(means, scene.path("tiny"), nrow=opts.side, source="tiny")
+
+
+def test_one_registry_entry_adds_a_figure_its_keys_and_their_checks(runs, tmp_path, monkeypatch):
+    """A draw function and its section, registered: sample draws it, the schema types and checks
+    its keys, --help lists them; nothing else changes."""
+    monkeypatch.setitem(figures.FIGURES, "tiny", figures.Figure("tiny", _draw_tiny, TinyFigure))
+    rows = dict(config.help_rows(config.sample_schema()))
+    assert rows["tiny.side=2"] == "prior draws per side [an integer >= 1]"
+    composed = sample_cfg(runs["z8"], f"out_dir={tmp_path}", "prior.num=4", "num_samples=2")
+    cfg = {**OmegaConf.to_container(composed), "tiny": {"side": 3}}
+    written = sample(cfg)
+    assert list(written) == ["posterior", "prior", "interpolation", "latent", "tiny"]
+    assert png_pixels(written["tiny"]).shape[1::-1] == panels_px(grid_px(3, 3))
+    for bad, message in [
+        (0, "tiny.side=0 is not allowed: use an integer >= 1"),
+        ("x", "tiny.side"),
+    ]:
+        with pytest.raises(VaePyroError, match=message):
+            sample({**cfg, "tiny": {"side": bad}, "out_dir": str(tmp_path / "refused")})
+    assert not (tmp_path / "refused").exists()
+
+
+def test_a_bad_option_of_a_later_figure_writes_no_figure(runs, tmp_path):
+    """Every figure's checks run before the first figure is drawn."""
+    cfg = sample_cfg(runs["z8"], f"out_dir={tmp_path / 'out'}", "interpolation.pairs=[[0,10000]]")
+    with pytest.raises(
+        VaePyroError, match="interpolation.pairs=.0, 10000. has 10000, which is not"
+    ):
+        sample(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_likelihood_has_its_figure_word():
+    assert set(plots.LIKELIHOOD_WORDS) == set(model.LIKELIHOODS)
+
+
+def test_the_schema_imports_no_matplotlib():
+    """config.py assembles SampleConfig from the figures' registry; plots load when drawn."""
+    code = "import sys, vae_pyro.config; assert 'matplotlib' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
 
 def _damaged(runs, tmp_path, kind: str) -> Path:

@@ -18,8 +18,9 @@ from pyro.infer import RenyiELBO, Trace_ELBO
 from vae_pyro import checkpoint
 from vae_pyro.config import ElboConfig, ModelConfig, PosteriorConfig, PriorConfig
 from vae_pyro.evaluate import log_weights
+from vae_pyro.figures import posterior_draws, prior_draws
 from vae_pyro.model import VAE, build_elbo
-from vae_pyro.sample import posterior_draws, prior_draws, sample
+from vae_pyro.sample import sample
 from vae_pyro.train import train
 
 PRIORS = ["standard", "vamp"]
@@ -305,11 +306,11 @@ def test_sample_encodes_the_users_images_converted_to_the_run(vamp_run, tmp_path
 
 
 def test_tsne_latent_figure(vamp_run, tmp_path, monkeypatch):
-    from vae_pyro import sample as sample_module
+    from vae_pyro import figures
 
-    assert sample_module.tsne_2d(torch.randn(200, 4), seed=0).shape == (200, 2)
+    assert figures.tsne_2d(torch.randn(200, 4), seed=0).shape == (200, 2)
     seen = []  # the figure gets every test image's code (a fast stand-in does the embedding)
-    monkeypatch.setattr(sample_module, "tsne_2d", lambda z, seed: seen.append(z.shape) or z[:, :2])
+    monkeypatch.setattr(figures, "tsne_2d", lambda z, seed: seen.append(z.shape) or z[:, :2])
     written = _sample(vamp_run, tmp_path, "latent.method=tsne")
     assert seen == [(10000, 4)] and written["latent"].is_file()
 

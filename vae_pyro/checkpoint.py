@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from pyro.optim import PyroOptim
 
-from vae_pyro.config import DataConfig, ModelConfig, as_dict, flatten, to_object
+from vae_pyro.config import DataConfig, ModelConfig, as_dict, config_diff, to_object
 from vae_pyro.errors import VaePyroError
 from vae_pyro.files import atomic_write
 from vae_pyro.model import VAE, build_vae
@@ -200,11 +200,10 @@ def read(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> C
 
 
 def _differences(saved: ModelConfig, current: ModelConfig) -> list[str]:
-    before, after = flatten(as_dict(saved)), flatten(as_dict(current))
     return [
-        f"checkpoint model.{k}={before[k]}, this command model.{k}={after[k]}"
-        for k in before
-        if before[k] != after[k] and k not in ModelConfig.TRAINING_ONLY
+        f"checkpoint model.{k}={before}, this command model.{k}={after}"
+        for k, (before, after) in config_diff(as_dict(saved), as_dict(current)).items()
+        if k not in ModelConfig.TRAINING_ONLY
     ]
 
 

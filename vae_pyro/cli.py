@@ -20,7 +20,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -100,7 +100,7 @@ def help_template(command: str, summary: str, examples: Sequence[str], groups: b
             "",
         ]
     lines += [
-        "Keys (key=default: meaning [allowed values]; the YAML files in conf/ comment each):",
+        "Keys (key=default: meaning [allowed values]):",
         keys,
         "",
         "Examples:",
@@ -157,11 +157,24 @@ def precheck(command: str, cfg: DictConfig) -> config.Section:
     return checked
 
 
-# command -> what Precheck runs next, given the checked config and hydra.run.dir, before Hydra
-# writes into that dir (train: lock it, refuse to start over a run). It returns None to go on,
-# or a message to print before exiting 0 (nothing to do); it raises VaePyroError to refuse.
-Prepare = Callable[[Any, Path], str | None]
-_PREPARE: dict[str, Prepare] = {}
+class NothingToDo(Exception):
+    """Raised by a claim: the command has nothing to do; Precheck prints it and exits 0."""
+
+
+class Claimed(Protocol):
+    """What a claim returns: the run dir this process's run uses (rank 0's, on every rank)."""
+
+    run_dir: Path
+
+
+# A claim runs in Precheck, before Hydra writes into the run dir (train: lock it, refuse to
+# start over a run, read the checkpoint to continue), given the checked config and
+# hydra.run.dir. It raises VaePyroError to refuse, NothingToDo to end with exit 0.
+Claim = Callable[[Any, Path], Claimed]
+# The claim of the one command this process runs: set by `run`, read by Precheck, which Hydra
+# builds from the YAML (conf/<command>.yaml) and so cannot be handed it. What it claims is kept
+# by that Precheck and handed to the job (Precheck.on_job_start), not kept here.
+_claim: tuple[str, Claim] | None = None
 
 
 def _statuses(sweep_dir: Path) -> dict[Path, tuple[int, int]]:
@@ -181,52 +194,31 @@ def _failed(status: Path) -> bool:
 
 class Precheck(Callback):
     """A Hydra callback (conf/<command>.yaml: hydra.callbacks.precheck): refuses a bad config
-    at the start of a run, before Hydra makes the run dir and writes .hydra/ and the log; and
-    after a sweep, exits 1 if any of its jobs failed."""
+    at the start of a run, before Hydra makes the run dir and writes .hydra/ and the log, and
+    claims the run dir there (see Claim), handing what it claimed to the job; after a sweep,
+    exits 1 if any of its jobs failed."""
 
     def __init__(self, command: str) -> None:
         self.command = command
         self.before: dict[Path, tuple[int, int]] = {}
+        self.claimed: Claimed | None = None
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        prepare = _PREPARE.get(self.command)
-        if prepare is not None and distributed.env_world() > 1:
-            return self._start_ranks(config, prepare)
-        try:
+        try:  # in a torchrun run every rank checks (no files: the same answer on each)
             checked = precheck(self.command, config)
-            said = prepare(checked, Path(config.hydra.run.dir)) if prepare else None
+            if _claim is not None and _claim[0] == self.command:
+                self.claimed = _claim[1](checked, Path(config.hydra.run.dir))
         except VaePyroError as err:  # Hydra turns a callback's exception into a warning
-            _fail(self.command, str(err))
-        if said is not None:
-            print(said)
-            raise SystemExit(0)
+            _fail(self.command, str(err), once=True)
+        except NothingToDo as done:
+            distributed.print_once(str(done))
+            raise SystemExit(0) from None
+        if self.claimed is not None and not distributed.leads():
+            _follow(config, str(self.claimed.run_dir))
 
-    def _start_ranks(self, config: DictConfig, prepare: Prepare) -> None:
-        """A torchrun run: every rank checks the config (no files: the same answer on each),
-        joins the process group, and acts on what rank 0 alone decided about the run dir;
-        rank 0 alone prints, writes .hydra/ and the log."""
-        main = distributed.env_rank() == 0
-        try:
-            checked = precheck(self.command, config)
-        except VaePyroError as err:
-            _fail(self.command, str(err), quiet=not main)
-        group = distributed.start(checked.trainer.device, checked.trainer.dist_timeout_s)
-        decision: tuple[str, str] = ("go", str(Path(config.hydra.run.dir).absolute()))
-        if group.main:
-            try:
-                said = prepare(checked, Path(config.hydra.run.dir))
-                decision = decision if said is None else ("done", said)
-            except VaePyroError as err:
-                decision = ("error", str(err))
-        what, text = distributed.share(decision, group)
-        if what == "error":
-            _fail(self.command, text, quiet=not group.main)
-        if what == "done":
-            if group.main:
-                print(text)
-            raise SystemExit(0)
-        if not group.main:
-            _follow(config, text)
+    def on_job_start(self, config: DictConfig, *, task_function: Any, **kwargs: Any) -> None:
+        if isinstance(task_function, _Job):
+            task_function.claimed, self.claimed = self.claimed, None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir).absolute()
@@ -262,9 +254,14 @@ def _follow(config: DictConfig, run_dir: str) -> None:
         logging_cfg.root.level = "WARNING"
 
 
-def _fail(command: str, message: str, code: int = 2, quiet: bool = False) -> None:
-    if not quiet:
-        print(f"vae_pyro.{command}: error: {message}", file=sys.stderr)
+def _fail(command: str, message: str, code: int = 2, once: bool = False) -> None:
+    """One line on stderr and exit; `once`: a refusal that every rank of a torchrun run shares,
+    said by rank 0 alone (an error of one rank's own is said by that rank)."""
+    text = f"vae_pyro.{command}: error: {message}"
+    if once:
+        distributed.print_once(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr)
     raise SystemExit(code)
 
 
@@ -275,16 +272,15 @@ def _record_job(status: str, **fields: Any) -> None:
     files.atomic_write(path, lambda f: f.write(text.encode()))  # a new file: see _statuses
 
 
-def _job(command: str, task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+def _job(command: str, task: Callable[..., Any], cfg: DictConfig, *claimed: Any) -> Any:
     """One Hydra job: the task, with errors mapped as the module docstring says."""
     sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        result = task(cfg)
+        result = task(cfg, *claimed)
     except TrainingInterrupted as stop:  # Ctrl-C / SIGTERM stops a whole sweep too
         if sweep:
             _record_job("interrupted", error=str(stop))
-        if distributed.current().main:  # a torchrun run: rank 0 speaks for all
-            print(f"vae_pyro.{command}: {stop}", file=sys.stderr)
+        distributed.print_once(f"vae_pyro.{command}: {stop}", file=sys.stderr)
         raise SystemExit(stop.exit_code) from None
     except Exception as err:
         if not sweep and isinstance(err, VaePyroError):
@@ -303,21 +299,31 @@ def _job(command: str, task: Callable[[DictConfig], Any], cfg: DictConfig) -> An
     return result
 
 
-def run(command: str, task: Callable[[DictConfig], Any], prepare: Prepare | None = None) -> None:
+class _Job:
+    """The task as Hydra calls it. A command that claims its run dir gets task(cfg, claimed):
+    what Precheck claimed, or None in a sweep's job (Hydra makes each job's dir after the
+    callbacks' on_run_start: the task claims it itself)."""
+
+    def __init__(self, command: str, task: Callable[..., Any], claims: bool) -> None:
+        self.command, self.task, self.claims = command, task, claims
+        self.claimed: Claimed | None = None  # set by Precheck.on_job_start
+
+    def __call__(self, cfg: DictConfig) -> Any:
+        claimed, self.claimed = self.claimed, None
+        return _job(self.command, self.task, cfg, *([claimed] if self.claims else []))
+
+
+def run(command: str, task: Callable[..., Any], claim: Claim | None = None) -> None:
     """`python -m vae_pyro.<command>`: compose conf/<command>.yaml with the command line's
-    overrides and run `task` on it, through this module's error handling. `prepare` runs before
-    Hydra writes into the run dir (see _PREPARE)."""
-    if prepare is not None:
-        _PREPARE[command] = prepare
+    overrides and run `task` on it, through this module's error handling. `claim` runs before
+    Hydra writes into the run dir (see Claim), and the task gets what it claimed (see _Job)."""
+    global _claim
+    _claim = None if claim is None else (command, claim)
     # Hydra prints its own composition errors over several lines and exits 1; with this set it
     # raises them instead, and they become our one line and exit code 2.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=command)
-
-    def job(cfg: DictConfig) -> Any:
-        return _job(command, task, cfg)
-
     try:
-        main(job)()
+        main(_Job(command, task, claim is not None))()
     except (HydraException, OmegaConfBaseException) as err:
         _fail(command, compose_message(command, err))

@@ -11,6 +11,7 @@ implementation tables live beside the implementations (networks.ARCHS, model.LIK
 # No `from __future__ import annotations`: OmegaConf reads the field types at runtime.
 import dataclasses
 import difflib
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from vae_pyro.errors import VaePyroError
+from vae_pyro.figures import FIGURES
+from vae_pyro.posteriors import PosteriorConfig, PosteriorName  # noqa: F401  (beside their classes)
+from vae_pyro.priors import PriorConfig, PriorName  # noqa: F401  (beside their classes)
 from vae_pyro.schema import (  # noqa: F401  (re-exported: the schema's vocabulary)
     DEVICE,
     POSITIVE,
@@ -73,21 +77,6 @@ class Objective(Choice):
     iwae = "iwae"
 
 
-class PriorName(Choice):
-    standard = "standard"
-    vamp = "vamp"
-
-
-class PosteriorName(Choice):
-    diagonal = "diagonal"
-    iaf = "iaf"
-
-
-class LatentMethod(Choice):
-    pca = "pca"
-    tsne = "tsne"
-
-
 def resolve_device(spec: str, key: str = "trainer.device") -> torch.device:
     """auto -> cuda when available, else cpu; cpu, cuda and cuda:N as asked, if they exist.
 
@@ -122,25 +111,6 @@ class DataConfig(Section):
     binarize: Binarize = key(
         Binarize.none, "gray levels as targets | fresh Bernoulli draw per use | one fixed draw"
     )
-
-
-@dataclass
-class PriorConfig(Section):
-    PREFIX: ClassVar[str] = "model.prior."
-    name: PriorName = key(
-        PriorName.standard, "p(z): N(0, I) | VampPrior (conf/model/prior/<name>.yaml)"
-    )
-    components: int = key(500, "vamp: K pseudo-inputs u_k, p(z) = mean of q(z|u_k)", POSITIVE)
-
-
-@dataclass
-class PosteriorConfig(Section):
-    PREFIX: ClassVar[str] = "model.posterior."
-    name: PosteriorName = key(
-        PosteriorName.diagonal, "q(z|x): diagonal Normal | then IAF steps (conf/model/posterior/)"
-    )
-    depth: int = key(2, "iaf: flow steps", POSITIVE)
-    hidden: int = key(320, "iaf: width of each step's two hidden layers", POSITIVE)
 
 
 @dataclass
@@ -183,7 +153,13 @@ class OptimConfig(Section):
         Rule(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
     )
     optimizer: dict[str, Any] = key(
-        {"_target_": "vae_pyro.optim.Adam"}, "the PyroOptim to build (_target_ and its args)"
+        {
+            "_target_": "vae_pyro.optim.Adam",
+            "_convert_": "all",
+            # lr and betas are the keys above, range-checked there; fused: one kernel for all
+            "optim_args": {"lr": "${optim.lr}", "betas": "${optim.betas}", "fused": True},
+        },
+        "the PyroOptim to build (_target_ and its args)",
     )
 
 
@@ -225,36 +201,6 @@ class TrainConfig(Section):
     seed: int = key(0, "same config + seed = same numbers on the CPU", SEED)
 
 
-@dataclass
-class PriorFigure(Section):
-    PREFIX: ClassVar[str] = "prior."
-    num: int = key(64, "images decoded from z ~ p(z)", POSITIVE)
-    nrow: int = key(8, "images per row", POSITIVE)
-    bernoulli: bool = key(True, "also show one draw of p(x|z) of each")
-
-
-@dataclass
-class InterpolationFigure(Section):
-    PREFIX: ClassVar[str] = "interpolation."
-    pairs: list[list[int]] | None = key(
-        None,
-        "[[a, b], ...] test indices; null = consecutive pairs of `indices`",
-        Rule(lambda v: len(v) > 0 and all(len(p) == 2 for p in v), "a list of [a, b] pairs"),
-    )
-    steps: int = key(10, "decoded points on each line, both ends included", int_at_least(2))
-
-
-@dataclass
-class ManifoldFigure(Section):
-    PREFIX: ClassVar[str] = "manifold."
-    steps: int = key(15, "z_dim = 2: steps x steps decoded grid", int_at_least(2))
-    quantile: float = key(
-        0.02,
-        "the grid spans the N(0, 1) quantiles q ... 1 - q",
-        Rule(lambda v: 0 < v < 0.5, "a number in (0, 0.5)"),
-    )
-
-
 def _vectors(value: list[Any]) -> bool:
     def number(x: Any) -> bool:
         return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
@@ -263,13 +209,9 @@ def _vectors(value: list[Any]) -> bool:
 
 
 @dataclass
-class LatentFigure(Section):
-    PREFIX: ClassVar[str] = "latent."
-    method: LatentMethod = key(LatentMethod.pca, "latent.png for z_dim > 2: PCA | t-SNE")
+class SampleKeys(Section):
+    """The keys of `sample` itself; SampleConfig adds each figure's section (sample_schema)."""
 
-
-@dataclass
-class SampleConfig(Section):
     DEVICE_KEY: ClassVar[str] = "device"
     run_dir: str = key(MISSING, "a training run's directory, holding checkpoint.pt (required)")
     out_dir: str = key("${run_dir}/samples", "where the PNGs go")
@@ -281,10 +223,6 @@ class SampleConfig(Section):
         Rule(lambda v: len(v) > 0 and min(v) >= 0, "a non-empty list of indices >= 0"),
     )
     num_samples: int = key(15, "draws z ~ q(z|x) per image in posterior.png", POSITIVE)
-    prior: PriorFigure = field(default_factory=PriorFigure)
-    interpolation: InterpolationFigure = field(default_factory=InterpolationFigure)
-    manifold: ManifoldFigure = field(default_factory=ManifoldFigure)
-    latent: LatentFigure = field(default_factory=LatentFigure)
     scale: int = key(1, "each pixel becomes scale x scale pixels", POSITIVE)
     z: list[Any] | None = key(
         None,
@@ -296,6 +234,23 @@ class SampleConfig(Section):
         "image files to encode into posterior.png (only that figure)",
         Rule(lambda v: len(v) > 0, "a non-empty list of paths"),
     )
+
+
+@functools.cache
+def _with_sections(sections: tuple[tuple[str, type[Section]], ...]) -> type[Section]:
+    fields = [(name, kind, field(default_factory=kind)) for name, kind in sections]
+    schema = dataclasses.make_dataclass("SampleConfig", fields, bases=(SampleKeys,))
+    schema.__module__ = __name__  # where pickle and OmegaConf look the class up
+    return schema
+
+
+def sample_schema() -> type[Section]:
+    """SampleKeys plus, under each figure's name, the section it declares (figures.FIGURES):
+    a figure's keys are typed, range-checked and in --help with no line here."""
+    return _with_sections(tuple((f.name, f.section) for f in FIGURES.values() if f.section))
+
+
+SampleConfig = sample_schema()
 
 
 @dataclass
@@ -429,3 +384,12 @@ def _choices(annotation: Any) -> str:
     if kind is not None and issubclass(kind, Choice):
         return " | ".join(member.name for member in kind)
     return ""
+
+
+def config_diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (before, after)} for each key whose value differs between two nested
+    configs (None where a key is missing): the one comparison behind the resume-change log and
+    the network-mismatch message. Keys in before's order, then those only in after."""
+    old, new = flatten(before), flatten(after)
+    keys = [*old, *(k for k in new if k not in old)]
+    return {k: (old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)}

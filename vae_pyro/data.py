@@ -14,10 +14,10 @@ import io
 import logging
 import os
 from collections import Counter, UserDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.error import URLError
 
 import numpy as np
@@ -29,6 +29,8 @@ from vae_pyro.files import shipped
 
 if TYPE_CHECKING:  # torchvision is imported where it reads files: it is slow to import
     from torchvision import datasets
+
+    from vae_pyro.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +348,15 @@ def _path(path: Path | None, name: str, what: str) -> Path:
     return path
 
 
-def _torchvision_splits(name: str) -> Callable[[Path, Path | None, int | None], Splits]:
+class Source(Protocol):
+    """The interface of a dataset (data.name): the whole train and test splits as uint8
+    (N, C, H, W) images and int64 labels, from torchvision's files under `root`, or from `path`
+    (an npz, an image folder) resized to `image_size` where the source reads it."""
+
+    def __call__(self, root: Path, path: Path | None, image_size: int | None) -> Splits: ...
+
+
+def _torchvision_splits(name: str) -> Source:
     def read(root: Path, path: Path | None, image_size: int | None) -> Splits:
         return (
             *_torchvision_split(name, root, train=True),
@@ -358,7 +368,7 @@ def _torchvision_splits(name: str) -> Callable[[Path, Path | None, int | None], 
 
 # data.name -> reader of (root, path, image_size) -> the four tensors. npz and image_folder read
 # data.path, the others data.root (cifar10 both). A new source: one reader and one YAML file.
-SOURCES: dict[str, Callable[[Path, Path | None, int | None], Splits]] = {
+SOURCES: dict[str, Source] = {
     "mnist": _torchvision_splits("mnist"),
     "fashion_mnist": _torchvision_splits("fashion_mnist"),
     "cifar10": lambda root, path, size: _cifar10_splits(root, path),
@@ -429,3 +439,12 @@ def load_data_config(
 def one_per_class(y: torch.Tensor, n: int = 10) -> torch.Tensor:
     """Index of the first test image of each of the first n classes (fixed, readable figures)."""
     return torch.stack([(y == c).nonzero()[0, 0] for c in y.unique()[:n]])
+
+
+def check_image_shape(data: ImageData, ckpt: Checkpoint) -> None:
+    """The data a checkpoint's config names must still give the images its networks take (the
+    files or data.image_size may have changed since): one clear error before any work."""
+    from vae_pyro import checkpoint  # it imports the model; data does not need it otherwise
+
+    where = f"data.name={ckpt.data_config.name} now gives"
+    checkpoint.check_image_shape(ckpt.path, ckpt.image_shape, data.image_shape, where)

@@ -5,18 +5,36 @@ WORLD_SIZE=1) a run is the single process it always was: no process group, no co
 the same numbers. With them, `start` joins the process group once per process: gloo on the CPU,
 NCCL on CUDA, each rank on cuda:LOCAL_RANK. Every collective call has the group's timeout, so a
 rank that dies makes the others fail within it instead of waiting forever.
+
+Every rank-aware operation of the training loop is a method of `Group` (shard a batch, sum over
+the ranks, take rank 0's value, seed, wrap the optimizer, agree on a stop), each a no-op in one
+process, and every file and message goes through a `Writer`, which does nothing off rank 0:
+train.py itself stays rank-blind (nanoGPT's loop, lightning's rank_zero_only).
 """
 
 from __future__ import annotations
 
 import atexit
+import json
+import logging
 import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from pathlib import Path
+from typing import IO, Any, TypeVar
 
+import pyro
 import torch
 import torch.distributed as dist
+from pyro.optim import PyroOptim
+
+from vae_pyro.errors import VaePyroError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -32,6 +50,130 @@ class Group:
         """Rank 0: the one process that writes files and prints."""
         return self.rank == 0
 
+    @property
+    def launcher(self) -> str:
+        """How this run was started (what a resume command repeats)."""
+        return f"torchrun --nproc_per_node={self.world}" if self.world > 1 else "python"
+
+    def device(self, device: torch.device) -> torch.device:
+        """cuda:LOCAL_RANK for a rank of a data-parallel run on GPUs; else `device` as resolved."""
+        if self.world > 1 and device.type == "cuda":
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    def check_batch(self, batch_size: int) -> None:
+        """Refuse a global batch that cannot give every rank at least one image."""
+        if batch_size < self.world:
+            raise VaePyroError(
+                f"data.batch_size={batch_size} is the global batch: it "
+                f"must be at least the number of processes ({self.world})"
+            )
+
+    def check_resumable(self, world: int, source: Path) -> None:
+        """A checkpoint written inside an epoch by `world` processes resumes only with as many:
+        each rank's slice of a step depends on it."""
+        if world != self.world:
+            raise VaePyroError(
+                f"{source} stopped inside an epoch run by {world} process(es); this "
+                f"run has {self.world}: resume it with {world} (another number "
+                "of processes can resume a checkpoint written at the end of an epoch)"
+            )
+
+    def shard(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of a global batch (the whole batch in one process)."""
+        return batch.tensor_split(self.world)[self.rank] if self.world > 1 else batch
+
+    def sum(self, values: list[float], device: torch.device) -> list[float]:
+        """Each value summed over the ranks (float64); the values themselves in one process."""
+        if self.world == 1:
+            return values
+        summed = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(summed)
+        return summed.tolist()
+
+    def part(self, total: float) -> float:
+        """This rank's part of a total already summed over the ranks: all of it on rank 0,
+        nothing elsewhere, so that `sum` gives it back counted once."""
+        return total if self.main else 0.0
+
+    def mean(self, x: torch.Tensor, mean: Callable[[torch.Tensor], float]) -> float:
+        """mean(x) of a per-image mean, each rank computing it over its slice of x."""
+        if self.world == 1:
+            return mean(x)
+        shard = self.shard(x)
+        local = mean(shard) * len(shard) if len(shard) else 0.0
+        return self.sum([local], x.device)[0] / len(x)
+
+    def share(self, obj: T) -> T:
+        """Rank 0's `obj` on every rank (any picklable value)."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def decide(self, decide: Callable[[], T]) -> T:
+        """decide() run by rank 0 alone and its answer, or its VaePyroError, on every rank: a
+        decision about files is taken once for the whole run."""
+        if self.world == 1:
+            return decide()
+        outcome: tuple[bool, Any] = (True, None)
+        if self.main:
+            try:
+                outcome = (True, decide())
+            except VaePyroError as err:
+                outcome = (False, str(err))
+        ok, value = self.share(outcome)
+        if not ok:
+            raise VaePyroError(value)
+        return value
+
+    def broadcast(self, tensors: list[torch.Tensor]) -> None:
+        """Overwrite each tensor in place with rank 0's."""
+        if self.world > 1:
+            for t in tensors:
+                dist.broadcast(t, src=0)
+
+    def permutation(self, n: int, device: torch.device) -> torch.Tensor:
+        """An epoch's order of n images: rank 0 draws it, every rank uses it."""
+        if self.world == 1:
+            return torch.randperm(n, device=device)
+        perm = (
+            torch.randperm(n, device=device)
+            if self.main
+            else torch.empty(n, dtype=torch.long, device=device)
+        )
+        self.broadcast([perm])
+        return perm
+
+    def seed(self, seed: int, *where: int) -> None:
+        """Ranks other than 0 draw their own latent noise (and binarizations) from here on:
+        seeded by rank and `where` (epoch, step), so a resumed run draws the same."""
+        if self.rank:
+            pyro.set_rng_seed(hash((seed, self.rank, *where)) % 2**32)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def wrap(self, optimizer: PyroOptim) -> PyroOptim:
+        """The optimizer as this run steps it: in a data-parallel run, after summing the ranks'
+        gradients (AllReduce); in one process, itself."""
+        return AllReduce(optimizer) if self.world > 1 else optimizer
+
+    def agree_to_stop(
+        self, optimizer: PyroOptim, wish: Callable[[], int | None]
+    ) -> Callable[[], int | None]:
+        """A function saying after each step whether to stop (the signal's number, or None),
+        the same on every rank. `wish` is this process's own (a signal seen). In one process
+        it is the answer; in a data-parallel run it travels as one more number in the step's
+        gradient all-reduce (the `wrap`ped optimizer), so no extra collective call is made and
+        every rank stops after the same step."""
+        if self.world == 1:
+            return wish
+        optimizer.wish = wish
+        return lambda: optimizer.agreed
+
 
 SINGLE = Group()
 _joined: Group | None = None
@@ -44,6 +186,18 @@ def env_world() -> int:
 
 def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
+
+
+def leads() -> bool:
+    """Whether this process speaks and writes for its run (rank 0, or the only process):
+    known from torchrun's environment before the group is joined."""
+    return env_world() <= 1 or env_rank() == 0
+
+
+def print_once(text: str, file: IO[str] | None = None) -> None:
+    """print from the leading process alone: a torchrun run says each thing once."""
+    if leads():
+        print(text, file=file if file is not None else sys.stdout)
 
 
 def uses_cuda(device_spec: str) -> bool:
@@ -73,43 +227,105 @@ def _leave() -> None:
         dist.destroy_process_group()
 
 
-def current() -> Group:
-    """The group `start` joined, or SINGLE."""
-    return _joined or SINGLE
+class AllReduce(PyroOptim):
+    """Sums the gradients over the ranks of torch.distributed's default group, then steps the
+    inner PyroOptim (the pattern of pyro.optim.HorovodOptimizer): the loss is a sum over images,
+    so every rank then takes the step one process would take on the global batch. The one flat
+    bucket per step carries one more number: whether a rank wishes to stop (`wish`, set by
+    Group.agree_to_stop), so that every rank sets `agreed` after the same step.
+    get_state/set_state are the inner optimizer's: checkpoints do not change. `reduce_seconds`
+    adds up the time spent in the all-reduce (benchmarks read it)."""
+
+    def __init__(self, inner: PyroOptim) -> None:  # no PyroOptim.__init__: inner holds all
+        self.inner = inner
+        self.wish: Callable[[], int | None] | None = None
+        self.agreed: int | None = None
+        self.reduce_seconds = 0.0
+
+    def __call__(self, params: Iterable[torch.Tensor], *args: Any, **kwargs: Any) -> None:
+        # SVI passes a set: sorting by name makes every rank's bucket line up.
+        params = sorted(params, key=pyro.get_param_store().param_name)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flag = 1.0 if self.wish is not None and self.wish() is not None else 0.0
+        bucket = torch.cat([g.reshape(-1) for g in grads] + [grads[0].new_tensor([flag])])
+        start = time.perf_counter()
+        dist.all_reduce(bucket)
+        self.reduce_seconds += time.perf_counter() - start
+        for p, part in zip(params, bucket[:-1].split([p.numel() for p in params]), strict=True):
+            p.grad = part.view_as(p)
+        if self.wish is not None:
+            seen = bucket[-1].item() > 0
+            self.agreed = (self.wish() or signal.SIGTERM) if seen else None
+        self.inner(params, *args, **kwargs)
+
+    def get_state(self) -> dict[str, dict]:
+        return self.inner.get_state()
+
+    def set_state(self, state_dict: dict[str, dict]) -> None:
+        self.inner.set_state(state_dict)
 
 
-def rank_device(group: Group, device: torch.device) -> torch.device:
-    """cuda:LOCAL_RANK for a rank of a data-parallel run on GPUs; else `device` as resolved."""
-    if group.world > 1 and device.type == "cuda":
-        return torch.device("cuda", group.local_rank)
-    return device
+class Writer:
+    """Every file and message of a run, written by rank 0 alone (the rank-zero logger of
+    lightning-hydra-template as one object): off rank 0 each method does nothing, except that
+    `save` waits for rank 0's write, so that no rank runs ahead of a checkpoint."""
 
+    def __init__(self, group: Group, run_dir: Path, log: logging.Logger) -> None:
+        self.group, self.run_dir, self.log = group, run_dir, log
+        self.enabled = group.main
+        self._board: Any = None
 
-def share(obj: Any, group: Group) -> Any:
-    """Rank 0's `obj` on every rank (any picklable value)."""
-    if group.world == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    def only(self, write: Callable[..., T], *args: Any) -> T | None:
+        """write(*args) on rank 0; None elsewhere."""
+        return write(*args) if self.enabled else None
 
+    def save(self, write: Callable[[], None]) -> None:
+        """Called by every rank: rank 0 writes, and the others wait until it has written."""
+        self.only(write)
+        self.group.barrier()
 
-def broadcast(tensors: list[torch.Tensor], group: Group) -> None:
-    """Overwrite each tensor in place with rank 0's."""
-    if group.world > 1:
-        for t in tensors:
-            dist.broadcast(t, src=0)
+    def info(self, msg: str, *args: Any) -> None:
+        if self.enabled:
+            self.log.info(msg, *args)
 
+    def warning(self, msg: str, *args: Any) -> None:
+        if self.enabled:
+            self.log.warning(msg, *args)
 
-def all_sum(values: list[float], group: Group, device: torch.device) -> list[float]:
-    """Each value summed over the ranks (float64); the values themselves in one process."""
-    if group.world == 1:
-        return values
-    summed = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(summed)
-    return summed.tolist()
+    def progress(self, steps: Iterable[int], **tqdm_args: Any) -> Iterable[int]:
+        """A progress bar over steps on rank 0 (shown on a terminal only); the steps elsewhere."""
+        from tqdm import tqdm
 
+        return tqdm(steps, disable=None if self.enabled else True, **tqdm_args)
 
-def barrier(group: Group) -> None:
-    if group.world > 1:
-        dist.barrier()
+    def open(self, history: list[dict], purge_step: int) -> Writer:
+        """metrics.jsonl, rewritten from `history` (the checkpoint's, the truth), and a
+        TensorBoard writer that drops what it had logged from purge_step on."""
+        if self.enabled:
+            from torch.utils.tensorboard import SummaryWriter  # slow to import: only here
+
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._metrics(history, mode="w")
+            log_dir = str(self.run_dir / "tensorboard")
+            self._board = SummaryWriter(log_dir=log_dir, purge_step=purge_step)
+        return self
+
+    def _metrics(self, records: list[dict], mode: str = "a") -> None:
+        with (self.run_dir / "metrics.jsonl").open(mode) as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+
+    def record(self, record: dict[str, Any], scalars: tuple[str, ...], step: int) -> None:
+        """One line of metrics.jsonl; each scalar that is not None to TensorBoard."""
+        if self._board is not None:
+            self._metrics([record])
+            for key in scalars:
+                if record[key] is not None:
+                    self._board.add_scalar(key, record[key], step)
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._board is not None:
+            self._board.close()
+            self._board = None

@@ -46,7 +46,7 @@ def shipped(inside: str, clone: str) -> Path:
 @dataclass
 class _Held:
     fd: int | None  # None where the file system has no locks (see _flock)
-    count: int = 1  # re-entrant: the CLI holds it for the process, train() again inside
+    count: int = 1  # re-entrant: another acquire in the same process only counts
     created: list[Path] = field(default_factory=list)  # dirs made for it, deepest last
     disposable: frozenset[str] = frozenset()  # see acquire
 

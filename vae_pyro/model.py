@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import pyro
 import pyro.distributions as dist
@@ -16,18 +16,24 @@ from torch import nn
 
 from vae_pyro.config import ElboConfig, ModelConfig, to_object
 from vae_pyro.errors import VaePyroError
-from vae_pyro.networks import ARCHS
+from vae_pyro.networks import ARCHS, PixelDecoder
 from vae_pyro.posteriors import POSTERIORS
 from vae_pyro.priors import PRIORS
 
 
 @dataclass(frozen=True)
 class PixelModel:
-    """A likelihood p(x | z) over the flattened pixels, from the decoder's logits."""
+    """The interface of a likelihood p(x | z): one distribution per pixel, made from the
+    decoder's logits (and its learned log-sigma when `learns_scale`).
+
+    `fast_log_prob`, when given, computes sum over pixels of log p(x | z) from the decoder
+    itself, the same numbers as make(...).log_prob(x) summed without the (k, b, pixels) tensor of
+    parameters (what the importance-weighted evaluator spends its time on).
+    """
 
     make: Callable[[torch.Tensor, torch.Tensor | None], dist.Distribution]  # (logits, log_scale)
-    noun: str  # what figures call one draw of it
     learns_scale: bool = False  # the decoder carries one learned pixel log-sigma
+    fast_log_prob: Callable[[PixelDecoder, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 # model.likelihood -> its pixel model. bernoulli: gray levels as targets (not a density on
@@ -38,14 +44,12 @@ class PixelModel:
 # reconstruction term to MSE / 2, tiny next to the KL on [0, 1] pixels.
 LIKELIHOODS: dict[str, PixelModel] = {
     "bernoulli": PixelModel(
-        lambda logits, _: dist.Bernoulli(logits=logits, validate_args=False), "Bernoulli"
+        lambda logits, _: dist.Bernoulli(logits=logits, validate_args=False),
+        fast_log_prob=lambda decoder, z, flat: decoder.log_bernoulli(z, flat),
     ),
-    "continuous_bernoulli": PixelModel(
-        lambda logits, _: dist.ContinuousBernoulli(logits=logits), "continuous Bernoulli"
-    ),
+    "continuous_bernoulli": PixelModel(lambda logits, _: dist.ContinuousBernoulli(logits=logits)),
     "gaussian": PixelModel(
         lambda logits, log_scale: dist.Normal(torch.sigmoid(logits), log_scale.exp()),
-        "Gaussian",
         learns_scale=True,
     ),
 }
@@ -61,20 +65,23 @@ def _kl_weighted(kl_scale: float) -> AbstractContextManager:
 
 
 class VAE(nn.Module):
-    """Generative story, one image at a time under the plate "data":
+    """A VAE composed from registries, one image at a time under the plate "data":
 
-        z ~ p(z)                          (site "latent", z_dim dims; N(0, I) by default)
-        x ~ Bernoulli(decoder(z))         (site "obs", one Bernoulli per pixel)
+        z ~ p(z)              (site "latent", z_dim dims)
+        x ~ p(x | z)          (site "obs", one distribution per pixel from decoder(z))
 
-    and the amortized guide q(z | x): a diagonal Normal from the encoder by default.
-    Pixels are gray levels in [0, 1] used directly as Bernoulli targets (Pyro's
-    tutorial protocol), hence ``validate_args=False`` on the likelihood.
+    with the amortized guide q(z | x) from the encoder. Which p(z), p(x | z) and q(z | x):
 
-    The parts come from registries: ``cfg.arch`` the networks (networks.ARCHS),
-    ``cfg.likelihood`` the pixel model (LIKELIHOODS), ``cfg.prior`` p(z) (priors.PRIORS, e.g.
-    the VampPrior, which reads the encoder: the model then registers it too) and
-    ``cfg.posterior`` q(z | x) (posteriors.POSTERIORS, e.g. IAF flows on the encoder's hidden
-    state). ``kl_scale`` multiplies the latent site's log-densities in model and guide alike
+    - ``cfg.arch`` the networks (networks.ARCHS: mlp, conv);
+    - ``cfg.likelihood`` p(x | z) (LIKELIHOODS): bernoulli, gray levels in [0, 1] used directly
+      as targets (Pyro's tutorial protocol, hence ``validate_args=False``) or binarized pixels;
+      continuous_bernoulli, the normalized density on [0, 1]; gaussian, one learned pixel sigma;
+    - ``cfg.prior`` p(z) (priors.PRIORS): N(0, I), the VampPrior (which reads the encoder: the
+      model then registers it too), a learned mixture of Gaussians;
+    - ``cfg.posterior`` q(z | x) (posteriors.POSTERIORS): the diagonal Normal, or IAF flows on
+      the encoder's hidden state after it.
+
+    ``kl_scale`` multiplies the latent site's log-densities in model and guide alike
     (poutine.scale), so the ELBO becomes E[log p(x|z)] - kl_scale * KL(q || p): the beta-VAE
     objective. It defaults to 1, so every caller that does not pass it (test ELBO, importance
     sampling) gets the plain model. `prior`, `posterior` and `likelihood` are the distributions
@@ -90,12 +97,15 @@ class VAE(nn.Module):
         self.image_shape = tuple(image_shape)
         self.z_dim = self.cfg.z_dim
         self.likelihood_name = str(self.cfg.likelihood)
-        self.pixels = LIKELIHOODS[self.cfg.likelihood]
+        self.pixels = LIKELIHOODS[self.likelihood_name]
         self.encoder, self.decoder = ARCHS[self.cfg.arch](
             self.image_shape, self.cfg, self.pixels.learns_scale
         )
-        self.prior_net = PRIORS[self.cfg.prior.name](self.cfg, self.image_shape)
-        self.posterior_net = POSTERIORS[self.cfg.posterior.name](self.cfg, self.cfg.hidden_dim)
+        prior, posterior = self.cfg.prior, self.cfg.posterior
+        self.prior_net = PRIORS[str(prior.name)](prior, self.z_dim, self.image_shape)
+        self.posterior_net = POSTERIORS[str(posterior.name)](
+            posterior, self.z_dim, self.cfg.hidden_dim
+        )
 
     def prior(self, batch: int, like: torch.Tensor) -> dist.Distribution:
         """p(z) for `batch` images, on like's device and dtype."""
@@ -118,7 +128,21 @@ class VAE(nn.Module):
         log_scale = getattr(self.decoder, "log_scale", None)
         return self.pixels.make(self.decoder.logits(z), log_scale).to_event(1)
 
+    def log_likelihood(self, z: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        """likelihood(z).log_prob(flat) for flattened images (b, D) and z (k, b, z_dim), (k, b):
+        through the likelihood's fast form where it has one."""
+        fast = self.pixels.fast_log_prob
+        return self.likelihood(z).log_prob(flat) if fast is None else fast(self.decoder, z, flat)
+
     def model(self, x: torch.Tensor, kl_scale: float = 1.0) -> None:
+        """The generative story of a batch x (batch, C, H, W), each image independent:
+
+            z ~ p(z)          "latent"  (its log-density scaled by kl_scale)
+            x ~ p(x | z)      "obs"     observed: the flattened pixels
+
+        The decoder is registered with Pyro, and the prior's learned parts (pseudo-inputs,
+        mixture components) and the encoder when p(z) has or reads them.
+        """
         pyro.module("decoder", self.decoder)
         if _learns(self.prior_net):
             pyro.module("prior", self.prior_net)
@@ -131,6 +155,9 @@ class VAE(nn.Module):
             pyro.sample("obs", self.likelihood(z), obs=x.reshape(batch, -1))
 
     def guide(self, x: torch.Tensor, kl_scale: float = 1.0) -> None:
+        """The amortized inference story: for each image, z ~ q(z | x) at "latent" (scaled by
+        kl_scale as in the model), q from the encoder and the posterior's own learned parts
+        (flows), both registered with Pyro."""
         pyro.module("encoder", self.encoder)
         if _learns(self.posterior_net):
             pyro.module("posterior", self.posterior_net)
@@ -143,12 +170,23 @@ class VAE(nn.Module):
         z = self.posterior(x).sample()
         return self.likelihood(z).mean.reshape(x.shape)
 
+    @overload
+    def sample_prior(self, n: int, draws: Literal[False] = False) -> torch.Tensor: ...
+
+    @overload
+    def sample_prior(self, n: int, draws: Literal[True]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
     @torch.no_grad()
-    def sample_prior(self, n: int) -> torch.Tensor:
-        """Means of p(x | z) at n draws z ~ p(z), as (n, C, H, W) images."""
-        like = next(self.parameters())
-        z = self.prior(n, like).sample()
-        return self.likelihood(z).mean.reshape(n, *self.image_shape)
+    def sample_prior(
+        self, n: int, draws: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Means of p(x | z) at n draws z ~ p(z), as (n, C, H, W) images; with draws=True also
+        one draw of p(x | z) at each z, (means, draws). The likelihood's own mean: the
+        decoder's sigmoid for Bernoulli and Gaussian pixels, not for the continuous Bernoulli."""
+        z = self.prior(n, next(self.parameters())).sample()
+        likelihood = self.likelihood(z)
+        means = likelihood.mean.reshape(n, *self.image_shape)
+        return (means, likelihood.sample().reshape(n, *self.image_shape)) if draws else means
 
 
 def _learns(module: nn.Module) -> bool:

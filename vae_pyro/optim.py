@@ -6,24 +6,16 @@ tenth of a CPU training step. This PyroOptim gives SVI the same interface and th
 updates (Adam is elementwise: each tensor's moments and step count are its own) from a single
 torch Adam whose fused kernel updates all tensors in one call. Its get_state/set_state use
 pyro.optim.Adam's format, one torch state dict per parameter name, so checkpoints written by
-either load into the other.
-
-AllReduce wraps it for data-parallel training (the pattern of pyro.optim.HorovodOptimizer):
-each rank's gradients are summed across the ranks, in one flat bucket per step, before the
-inner step; the loss is a sum over images, so every rank then takes the step one process
-would take on the global batch.
+either load into the other. (Data-parallel training wraps it: distributed.AllReduce.)
 """
 
 from __future__ import annotations
 
-import signal
-import time
 from collections.abc import Iterable
 from typing import Any
 
 import pyro
 import torch
-import torch.distributed as dist
 from pyro.optim import PyroOptim
 
 
@@ -79,38 +71,3 @@ class Adam(PyroOptim):
                     "param_groups": [{**settings, "params": [0]}],
                 }
         return state
-
-
-class AllReduce(PyroOptim):
-    """Sums the gradients over the ranks of torch.distributed's default group, then steps the
-    inner PyroOptim. The bucket carries one more number: whether a rank saw SIGTERM/SIGINT
-    (`stop`, an object with `signum`), so that every rank learns it after the same step and
-    sets `stop.agreed`. get_state/set_state are the inner optimizer's: checkpoints do not
-    change. `reduce_seconds` adds up the time spent in the all-reduce (benchmarks read it)."""
-
-    def __init__(self, inner: PyroOptim) -> None:  # no PyroOptim.__init__: inner holds all
-        self.inner = inner
-        self.stop: Any = None
-        self.reduce_seconds = 0.0
-
-    def __call__(self, params: Iterable[torch.Tensor], *args: Any, **kwargs: Any) -> None:
-        # SVI passes a set: sorting by name makes every rank's bucket line up.
-        params = sorted(params, key=pyro.get_param_store().param_name)
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flag = 1.0 if self.stop is not None and self.stop.signum is not None else 0.0
-        bucket = torch.cat([g.reshape(-1) for g in grads] + [grads[0].new_tensor([flag])])
-        start = time.perf_counter()
-        dist.all_reduce(bucket)
-        self.reduce_seconds += time.perf_counter() - start
-        for p, part in zip(params, bucket[:-1].split([p.numel() for p in params]), strict=True):
-            p.grad = part.view_as(p)
-        if self.stop is not None:
-            seen = bucket[-1].item() > 0
-            self.stop.agreed = (self.stop.signum or signal.SIGTERM) if seen else None
-        self.inner(params, *args, **kwargs)
-
-    def get_state(self) -> dict[str, dict]:
-        return self.inner.get_state()
-
-    def set_state(self, state_dict: dict[str, dict]) -> None:
-        self.inner.set_state(state_dict)

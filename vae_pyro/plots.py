@@ -63,6 +63,13 @@ DPI = 100
 TITLE_PX = 22  # band above the panels for their titles
 GAP_PX = 12  # white space between side-by-side panels
 
+# model.likelihood -> what the figures call one draw of it ("a Bernoulli sample of each").
+LIKELIHOOD_WORDS = {
+    "bernoulli": "Bernoulli",
+    "continuous_bernoulli": "continuous Bernoulli",
+    "gaussian": "Gaussian",
+}
+
 
 def rows_grid(rows: torch.Tensor) -> torch.Tensor:
     """(n, m, C, H, W) -> an (H', W', 3) grid with n rows of m images."""

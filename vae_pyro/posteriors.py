@@ -1,16 +1,19 @@
 """q(z | x): the amortized posteriors a VAE can have (model.posterior.name), as Pyro
 distributions built from the encoder's outputs.
 
-Each is an nn.Module holding its learned parts beyond the encoder (none for the diagonal
-Normal); calling it with the encoder's (loc, scale, hidden state) gives q(z | x), and `code`
-gives one deterministic point of it (what interpolations and latent plots use). A new
-posterior is one class here, one entry in POSTERIORS, one config.PosteriorName member and
-conf/model/posterior/<name>.yaml.
+Every posterior is a `Posterior`: an nn.Module holding its learned parts beyond the encoder
+(none for the diagonal Normal); calling it with the encoder's (loc, scale, hidden state) gives
+q(z | x), and `code` gives one deterministic point of it (what interpolations and latent plots
+use). Adding a posterior is one class here, its entry in POSTERIORS (the choice
+model.posterior.name is made from it) and conf/model/posterior/<name>.yaml; `defaults` names
+the keys of PosteriorConfig it reads.
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
+# No `from __future__ import annotations`: OmegaConf reads PosteriorConfig's types at runtime.
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
@@ -18,15 +21,32 @@ import torch
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
-if TYPE_CHECKING:
-    from vae_pyro.config import ModelConfig
+from vae_pyro.priors import fill_own_defaults, own_defaults
+from vae_pyro.schema import POSITIVE, Choice, Section, key
 
 
-class DiagonalPosterior(nn.Module):
-    """q(z | x) = N(loc(x), diag(scale(x))^2)."""
+class Posterior(nn.Module, ABC):
+    """The interface of q(z | x), what the model, the evaluator and the figures may rely on."""
 
-    def __init__(self, cfg: ModelConfig, context_dim: int) -> None:
+    # The keys of model.posterior this posterior reads, with its defaults (others are null).
+    defaults: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(self, cfg: "PosteriorConfig", z_dim: int, context_dim: int) -> None:
         super().__init__()
+
+    @abstractmethod
+    def forward(
+        self, loc: torch.Tensor, scale: torch.Tensor, hidden: torch.Tensor
+    ) -> dist.Distribution:
+        """q(z | x) from the encoder's loc, scale (batch, z_dim) and hidden state h(x)."""
+
+    @abstractmethod
+    def code(self, loc: torch.Tensor, scale: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """One deterministic point of q(z | x) per image, (batch, z_dim)."""
+
+
+class DiagonalPosterior(Posterior):
+    """q(z | x) = N(loc(x), diag(scale(x))^2)."""
 
     def forward(
         self, loc: torch.Tensor, scale: torch.Tensor, hidden: torch.Tensor
@@ -37,7 +57,7 @@ class DiagonalPosterior(nn.Module):
         return loc
 
 
-class IAFPosterior(nn.Module):
+class IAFPosterior(Posterior):
     """The diagonal Normal followed by inverse autoregressive flows (Kingma et al. 2016):
     `depth` steps of Pyro's ConditionalAffineAutoregressive in its stable (gated) form, each on a
     ConditionalAutoRegressiveNN with two hidden layers of `hidden` units that also reads the
@@ -47,9 +67,11 @@ class IAFPosterior(nn.Module):
     transform cache), as Trace_ELBO and the importance sampler ask for it right after drawing.
     """
 
-    def __init__(self, cfg: ModelConfig, context_dim: int) -> None:
-        super().__init__()
-        z, width = cfg.z_dim, cfg.posterior.hidden
+    defaults = {"depth": 2, "hidden": 320}  # Kingma et al.: 2 steps on MNIST
+
+    def __init__(self, cfg: "PosteriorConfig", z_dim: int, context_dim: int) -> None:
+        super().__init__(cfg, z_dim, context_dim)
+        z, width = z_dim, cfg.hidden
         order = torch.arange(z)
         self.flows = nn.ModuleList(
             T.ConditionalAffineAutoregressive(
@@ -61,7 +83,7 @@ class IAFPosterior(nn.Module):
                 ),
                 stable=True,
             )
-            for i in range(cfg.posterior.depth)
+            for i in range(cfg.depth)
         )
 
     def forward(
@@ -79,4 +101,31 @@ class IAFPosterior(nn.Module):
 
 
 # model.posterior.name -> the posterior's module.
-POSTERIORS: dict[str, type[nn.Module]] = {"diagonal": DiagonalPosterior, "iaf": IAFPosterior}
+POSTERIORS: dict[str, type[Posterior]] = {"diagonal": DiagonalPosterior, "iaf": IAFPosterior}
+
+# The choice model.posterior.name: OmegaConf refuses any other name while it composes.
+PosteriorName = Choice("PosteriorName", {name: name for name in POSTERIORS}, module=__name__)
+
+
+@dataclass
+class PosteriorConfig(Section):
+    """model.posterior: the posterior's name and the keys the posteriors read. A key the named
+    posterior does not read is null; one it reads and left null takes its own default."""
+
+    PREFIX: ClassVar[str] = "model.posterior."
+    name: PosteriorName = key(PosteriorName["diagonal"], "q(z|x) (conf/model/posterior/)")
+    depth: int | None = key(
+        None,
+        f"flow steps; null = the posterior's own ({own_defaults(POSTERIORS, 'depth')})",
+        POSITIVE,
+    )
+    hidden: int | None = key(
+        None,
+        "width of each flow step's two hidden layers; null = the posterior's own "
+        f"({own_defaults(POSTERIORS, 'hidden')})",
+        POSITIVE,
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        fill_own_defaults(self, POSTERIORS[str(self.name)].defaults)
