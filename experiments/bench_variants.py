@@ -1,6 +1,7 @@
 """Milliseconds per training step of each variant, z50 (784-400-50), batch 256, one thread.
 
-    OMP_NUM_THREADS=1 python experiments/bench_variants.py
+    OMP_NUM_THREADS=1 python experiments/bench_variants.py                 # every row
+    OMP_NUM_THREADS=1 python experiments/bench_variants.py baseline "vamp"  # the rows named
 
 Each row is train.svi_step on build_svi's SVI (our Adam, Pyro's checks off) over binarized
 MNIST batches; the VampPrior rows are timed twice: with our SharedNormalMixture (what training
@@ -11,6 +12,7 @@ uses) and with Pyro's generic MixtureSameFamily of the same components, whose lo
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 
 import pyro
@@ -37,6 +39,13 @@ ROWS = {
         "model/posterior=iaf",
         "model.hidden_layers=2",
     ],
+    "latent_layers=2 (z 50 over 100)": ["model.latent_layers=2"],
+    "latent_layers=2 + iwae K=5": ["model.latent_layers=2", "elbo=iwae"],
+    "latent_layers=2 + vamp + iwae K=5": [
+        "model.latent_layers=2",
+        "model/prior=vamp",
+        "elbo=iwae",
+    ],
 }
 
 
@@ -61,12 +70,15 @@ def step_ms(overrides: list[str], x: torch.Tensor, steps: int, repeats: int) -> 
     return statistics.median(times)
 
 
-def main(steps: int = 10, repeats: int = 3) -> None:
+def main(names: list[str], steps: int = 10, repeats: int = 3) -> None:
+    """The rows named (all without names), then the generic-mixture comparison when all."""
     torch.manual_seed(0)
     x = load_data().train.x[: steps * 256].bernoulli()
     print(f"threads {torch.get_num_threads()}, batch 256, median of {repeats} x {steps} steps")
-    for name, overrides in ROWS.items():
-        print(f"{name:42s} {step_ms(overrides, x, steps, repeats):8.1f} ms/step", flush=True)
+    for name in names or ROWS:
+        print(f"{name:42s} {step_ms(ROWS[name], x, steps, repeats):8.1f} ms/step", flush=True)
+    if names:
+        return
     shared = priors.SharedNormalMixture
     priors.SharedNormalMixture = lambda loc, scale: _generic(loc, scale)  # type: ignore
     try:
@@ -78,4 +90,4 @@ def main(steps: int = 10, repeats: int = 3) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -110,9 +110,10 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_torchrun_run_writes_one_set_of_files_and_matches_one_process(tmp_path):
+@pytest.mark.parametrize("variant", [[], ["model.latent_layers=2"]], ids=["one layer", "two"])
+def test_torchrun_run_writes_one_set_of_files_and_matches_one_process(variant, tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
-    code, out = _finish(_torchrun(two, "trainer.epochs=2"))
+    code, out = _finish(_torchrun(two, "trainer.epochs=2", *variant))
     assert code == 0, out
     assert len(_metrics(two)) == 2
     assert sorted(p.name for p in two.iterdir()) == [
@@ -126,7 +127,7 @@ def test_torchrun_run_writes_one_set_of_files_and_matches_one_process(tmp_path):
     assert len(list((two / "tensorboard").iterdir())) == 1
     assert (two / "train.log").read_text().count("epoch 2/2") == 1  # rank 0 alone logs
     assert checkpoint.read(two / "checkpoint.pt").epoch == 2
-    code, out = _finish(_torchrun(one, "trainer.epochs=2", procs=0))
+    code, out = _finish(_torchrun(one, "trainer.epochs=2", *variant, procs=0))
     assert code == 0, out
     # Same seed, so the same initial weights and image order: the runs differ only in the
     # latent noise (rank 1 draws its own), which moved the final test loss by ~0.01 nat when

@@ -135,13 +135,19 @@ def test_chunking_respects_the_memory_bound_and_not_the_result(monkeypatch):
     lg = LinearGaussian()
     x = lg.marginal().sample((30,))
     seen = []
-    original = evaluate._log_weights
+    original = evaluate._weigher
 
-    def spy(vae, flat, prior, posterior, z):
-        seen.append(z.shape[0] * z.shape[1])
-        return original(vae, flat, prior, posterior, z)
+    def spy(vae, images):
+        weigh = original(vae, images)
 
-    monkeypatch.setattr(evaluate, "_log_weights", spy)
+        def counted(k, given=None):
+            sites, log_w = weigh(k, given)
+            seen.append(log_w.shape[0] * log_w.shape[1])  # (particle, image) pairs at once
+            return sites, log_w
+
+        return counted
+
+    monkeypatch.setattr(evaluate, "_weigher", spy)
     small = summarize(importance_sample(lg, x, 500, max_batch_elements=64), 500)
     assert max(seen) <= 64 and sum(seen) == 30 * 500
     seen.clear()

@@ -16,7 +16,7 @@ from torch import nn
 
 from vae_pyro.config import ElboConfig, ModelConfig, to_object
 from vae_pyro.errors import VaePyroError
-from vae_pyro.networks import ARCHS, PixelDecoder
+from vae_pyro.networks import ARCHS, LowerLayer, PixelDecoder
 from vae_pyro.posteriors import POSTERIORS
 from vae_pyro.priors import PRIORS
 
@@ -70,7 +70,17 @@ class VAE(nn.Module):
         z ~ p(z)              (site "latent", z_dim dims)
         x ~ p(x | z)          (site "obs", one distribution per pixel from decoder(z))
 
-    with the amortized guide q(z | x) from the encoder. Which p(z), p(x | z) and q(z | x):
+    with the amortized guide q(z | x) from the encoder. With ``cfg.latent_layers = 2`` the
+    latent is a hierarchy of two stochastic layers, z2 on top (site "latent": p(z2) is the
+    configured prior) and z1 below (site "lower", lower_z_dim dims), the decoder reading z1:
+
+        z2 ~ p(z2),   z1 ~ N(mu(z2), diag sigma(z2)^2),   x ~ p(x | z1)
+
+    inferred top-down, as the HVAE of Tomczak & Welling (2018, sec. 3.2):
+    q(z2 | x) q(z1 | x, z2), q(z2 | x) the configured posterior on the encoder and
+    q(z1 | x, z2) a diagonal Normal from the encoder's hidden state h(x) and z2. So the
+    VampPrior (which reads q(z2 | x) at its pseudo-inputs) and the IAF posterior act on the
+    top layer unchanged. Which p(z), p(x | z) and q(z | x):
 
     - ``cfg.arch`` the networks (networks.ARCHS: mlp, conv);
     - ``cfg.likelihood`` p(x | z) (LIKELIHOODS): bernoulli, gray levels in [0, 1] used directly
@@ -106,6 +116,9 @@ class VAE(nn.Module):
         self.posterior_net = POSTERIORS[str(posterior.name)](
             posterior, self.z_dim, self.cfg.hidden_dim
         )
+        self.layers = self.cfg.latent_layers
+        # p(z1 | z2) and q(z1 | x, z2) of two layers; an empty module for one (no weights).
+        self.lower = LowerLayer(self.cfg) if self.layers == 2 else nn.Module()
 
     def prior(self, batch: int, like: torch.Tensor) -> dist.Distribution:
         """p(z) for `batch` images, on like's device and dtype."""
@@ -116,12 +129,66 @@ class VAE(nn.Module):
         return (*self.encoder.heads(hidden), hidden)
 
     def posterior(self, x: torch.Tensor) -> dist.Distribution:
-        """q(z | x)."""
+        """q(z | x) (of the top layer, q(z2 | x), with two)."""
         return self.posterior_net(*self._encode(x))
 
-    def code(self, x: torch.Tensor) -> torch.Tensor:
-        """One deterministic point of q(z | x) per image: its mean for the diagonal Normal."""
-        return self.posterior_net.code(*self._encode(x))
+    def lower_prior(self, z2: torch.Tensor) -> dist.Distribution:
+        """p(z1 | z2); z2 may carry leading particle dims."""
+        return dist.Normal(*self.lower.prior(z2)).to_event(1)
+
+    def lower_posterior(self, hidden: torch.Tensor, z2: torch.Tensor) -> dist.Distribution:
+        """q(z1 | x, z2) from the encoder's hidden state h(x) (batch, hidden) and z2 (..., batch,
+        z_dim)."""
+        hidden = hidden.expand(*z2.shape[:-1], hidden.shape[-1])
+        return dist.Normal(*self.lower.posterior(torch.cat([hidden, z2], -1))).to_event(1)
+
+    def descend(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder's input at a point z of the top layer: the mean of p(z1 | z2) with two
+        layers, z itself with one (what interpolations, grids and given codes decode)."""
+        return z if self.layers == 1 else self.lower.prior(z)[0]
+
+    def code(self, x: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """One deterministic point of q per image: of the top layer (its mean for the diagonal
+        Normal), or with layer=1 of two, the mean of q(z1 | x, z2) at that point."""
+        loc, scale, hidden = self._encode(x)
+        z = self.posterior_net.code(loc, scale, hidden)
+        if layer is None or layer == self.layers:
+            return z
+        return self.lower.posterior(torch.cat([hidden, z], -1))[0]
+
+    @torch.no_grad()
+    def posterior_sample(self, x: torch.Tensor, num: int) -> torch.Tensor:
+        """num draws per image of the layer the decoder reads, through every layer of q:
+        (num, batch, decoder z dims)."""
+        loc, scale, hidden = self._encode(x)
+        z = self.posterior_net(loc, scale, hidden).sample((num,))
+        return z if self.layers == 1 else self.lower_posterior(hidden, z).sample()
+
+    def importance(self, x: torch.Tensor) -> Callable[..., tuple[dict[str, torch.Tensor], Any]]:
+        """For images x (b, C, H, W), with the encoder's pass made once: a function
+        (k, given={}) -> (sites, log_w) that draws k particles per image through the guide's
+        sites (or takes the values in `given`, site name -> (k, b, dims)) and returns them with
+        log_w (k, b) = log p(x, z) - log q(z | x): the model trace's log-joint minus the guide
+        trace's log-prob at those values (tested), what the importance-weighted bound averages.
+        """
+        b = x.shape[0]
+        flat = x.reshape(b, -1)
+        loc, scale, hidden = self._encode(x)
+        q_top, p_top = self.posterior_net(loc, scale, hidden), self.prior(b, x)
+
+        def weigh(k: int, given: Mapping[str, torch.Tensor] | None = None) -> tuple[dict, Any]:
+            given = given or {}
+            z = given["latent"] if "latent" in given else q_top.sample((k,))
+            log_w = p_top.log_prob(z) - q_top.log_prob(z)  # the flow's cached draw first
+            sites = {"latent": z}
+            if self.layers == 2:
+                p_lower, q_lower = self.lower_prior(z), self.lower_posterior(hidden, z)
+                z = given["lower"] if "lower" in given else q_lower.sample()
+                log_w = log_w + p_lower.log_prob(z) - q_lower.log_prob(z)
+                sites["lower"] = z
+            return sites, log_w + self.log_likelihood(z, flat)
+
+        return weigh
 
     def likelihood(self, z: torch.Tensor) -> dist.Distribution:
         """p(x | z) over the flattened pixels; z may carry extra leading (particle) dims."""
@@ -140,35 +207,50 @@ class VAE(nn.Module):
             z ~ p(z)          "latent"  (its log-density scaled by kl_scale)
             x ~ p(x | z)      "obs"     observed: the flattened pixels
 
+        With two layers z is z2 and one more site sits between it and x:
+
+            z1 ~ p(z1 | z2)   "lower"   (scaled by kl_scale too); x ~ p(x | z1)
+
         The decoder is registered with Pyro, and the prior's learned parts (pseudo-inputs,
-        mixture components) and the encoder when p(z) has or reads them.
+        mixture components) and the encoder when p(z) has or reads them, and p(z1 | z2).
         """
         pyro.module("decoder", self.decoder)
         if _learns(self.prior_net):
             pyro.module("prior", self.prior_net)
         if self.prior_net.uses_encoder:
             pyro.module("encoder", self.encoder)
+        if self.layers == 2:
+            pyro.module("lower_prior", self.lower.prior)
         batch = x.shape[0]
         with pyro.plate("data", batch):
             with _kl_weighted(kl_scale):
                 z = pyro.sample("latent", self.prior(batch, x))
+                if self.layers == 2:
+                    z = pyro.sample("lower", self.lower_prior(z))
             pyro.sample("obs", self.likelihood(z), obs=x.reshape(batch, -1))
 
     def guide(self, x: torch.Tensor, kl_scale: float = 1.0) -> None:
         """The amortized inference story: for each image, z ~ q(z | x) at "latent" (scaled by
         kl_scale as in the model), q from the encoder and the posterior's own learned parts
-        (flows), both registered with Pyro."""
+        (flows), both registered with Pyro. With two layers, z2 ~ q(z2 | x) at "latent", then
+        z1 ~ q(z1 | x, z2) at "lower"."""
         pyro.module("encoder", self.encoder)
         if _learns(self.posterior_net):
             pyro.module("posterior", self.posterior_net)
+        if self.layers == 2:
+            pyro.module("lower_posterior", self.lower.posterior)
         with pyro.plate("data", x.shape[0]), _kl_weighted(kl_scale):
-            pyro.sample("latent", self.posterior(x))
+            if self.layers == 1:
+                pyro.sample("latent", self.posterior(x))
+                return
+            loc, scale, hidden = self._encode(x)
+            z = pyro.sample("latent", self.posterior_net(loc, scale, hidden))
+            pyro.sample("lower", self.lower_posterior(hidden, z))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean of p(x | z) at one draw z ~ q(z | x), shaped like x."""
-        z = self.posterior(x).sample()
-        return self.likelihood(z).mean.reshape(x.shape)
+        """Mean of p(x | z) at one draw z ~ q(z | x) (through both layers), shaped like x."""
+        return self.likelihood(self.posterior_sample(x, 1)[0]).mean.reshape(x.shape)
 
     @overload
     def sample_prior(self, n: int, draws: Literal[False] = False) -> torch.Tensor: ...
@@ -180,10 +262,13 @@ class VAE(nn.Module):
     def sample_prior(
         self, n: int, draws: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Means of p(x | z) at n draws z ~ p(z), as (n, C, H, W) images; with draws=True also
-        one draw of p(x | z) at each z, (means, draws). The likelihood's own mean: the
-        decoder's sigmoid for Bernoulli and Gaussian pixels, not for the continuous Bernoulli."""
+        """Means of p(x | z) at n draws z ~ p(z) (through both layers), as (n, C, H, W)
+        images; with draws=True also one draw of p(x | z) at each z, (means, draws). The
+        likelihood's own mean: the decoder's sigmoid for Bernoulli and Gaussian pixels, not for
+        the continuous Bernoulli."""
         z = self.prior(n, next(self.parameters())).sample()
+        if self.layers == 2:
+            z = self.lower_prior(z).sample()
         likelihood = self.likelihood(z)
         means = likelihood.mean.reshape(n, *self.image_shape)
         return (means, likelihood.sample().reshape(n, *self.image_shape)) if draws else means

@@ -148,6 +148,41 @@ class Decoder(PixelDecoder):
         return x_dot_logits + flat @ self.fc21.bias - F.softplus(self.fc21(hidden)).sum(-1)
 
 
+class ConditionalGaussian(GaussianEncoder):
+    """A diagonal Normal over z_dim dims given a vector: fc1 and `hidden_layers - 1` more dense
+    layers (softplus), then the heads. The conditionals of a two-layer hierarchy: p(z1 | z2)
+    reads z2; q(z1 | x, z2) reads the image encoder's hidden state h(x) beside z2."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        z_dim: int,
+        hidden_dim: int,
+        scale_param: str = "exp",
+        hidden_layers: int = 1,
+    ) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, hidden_dim)
+        self.deeper = _deeper(hidden_dim, hidden_layers, nn.Softplus())
+        self._add_heads(hidden_dim, z_dim, scale_param)
+        self.softplus = nn.Softplus()
+
+    def features(self, v: torch.Tensor) -> torch.Tensor:
+        return self.deeper(self.softplus(self.fc1(v)))
+
+
+class LowerLayer(nn.Module):
+    """The lower stochastic layer z1 of a two-layer VAE: `prior`, p(z1 | z2), and `posterior`,
+    q(z1 | x, z2) (the HVAE factorisation of Tomczak & Welling 2018, sec. 3.2)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        top, lower, width = cfg.z_dim, cfg.decoder_z_dim, cfg.hidden_dim
+        depth, scale = cfg.hidden_layers, cfg.scale_param
+        self.prior = ConditionalGaussian(top, lower, width, scale, depth)
+        self.posterior = ConditionalGaussian(width + top, lower, width, scale, depth)
+
+
 def conv_feature_sizes(height: int, width: int, n: int) -> list[tuple[int, int]]:
     """(H, W) of the input and after each of n stride-2 convolutions (kernel 4, padding 1),
     each floor(size / 2); odd sizes lose nothing (the padded kernel still covers every pixel)
@@ -245,12 +280,14 @@ Networks = tuple[GaussianEncoder, PixelDecoder]
 ARCHS: dict[str, Callable[[tuple[int, ...], ModelConfig, bool], Networks]] = {
     "mlp": lambda shape, cfg, learn_scale: (
         Encoder(shape, cfg.z_dim, cfg.hidden_dim, cfg.scale_param, cfg.hidden_layers),
-        Decoder(shape, cfg.z_dim, cfg.hidden_dim, learn_scale, cfg.hidden_layers),
+        Decoder(shape, cfg.decoder_z_dim, cfg.hidden_dim, learn_scale, cfg.hidden_layers),
     ),
     "conv": lambda shape, cfg, learn_scale: (
         ConvEncoder(
             shape, cfg.z_dim, cfg.hidden_dim, cfg.channels, cfg.scale_param, cfg.hidden_layers
         ),
-        ConvDecoder(shape, cfg.z_dim, cfg.hidden_dim, cfg.channels, learn_scale, cfg.hidden_layers),
+        ConvDecoder(
+            shape, cfg.decoder_z_dim, cfg.hidden_dim, cfg.channels, learn_scale, cfg.hidden_layers
+        ),
     ),
 }
