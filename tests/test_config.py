@@ -115,7 +115,8 @@ READER_BAD = [
     ("prior.bernoulli=maybe", "prior.bernoulli: Value 'maybe' is not a valid bool"),
     ("interpolation.steps=1", "interpolation.steps=1 is not allowed: use an integer >= 2"),
     ("interpolation.pairs=[[1,2,3]]", "interpolation.pairs=[[1, 2, 3]] is not allowed: use a"),
-    ("manifold.quantile=0.5", "manifold.quantile=0.5 is not allowed: use a number in (0, 0.5)"),
+    ("manifold.quantile=0.5", "manifold.quantile=0.5 is not allowed: use a number from 0.000001"),
+    ("manifold.quantile=1e-9", "manifold.quantile=1e-09 is not allowed: use a number from"),
     ("scale=0", "scale=0 is not allowed: use an integer >= 1"),
     ("indices=[-1]", "indices=[-1] is not allowed: use a non-empty list of indices >= 0"),
     ("device=gpu", "device=gpu is not allowed: use auto, cpu, cuda or cuda:N"),
@@ -375,6 +376,7 @@ SECTIONS = {
     "optim": ("train", "optim."),
     "elbo": ("train", "elbo."),
     "trainer": ("train", "trainer."),
+    "logger": ("train", "logger."),
 }
 
 

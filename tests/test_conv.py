@@ -230,7 +230,7 @@ def test_evaluate_and_report_handle_conv_runs(runs, tmp_path):
                 "device=cpu",
                 "num_particles=8",
                 "num_images=16",
-                f"output={tmp_path / 'e.json'}",
+                "output=conv_eval.json",  # a file name inside run_dir (issue 18, rule 2)
             ],
         )
     )

@@ -382,7 +382,7 @@ def test_evaluate_prints_the_numbers_when_the_write_fails(released_run, monkeypa
     def full_disk(path, write):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(evaluate_module, "atomic_write", full_disk)
+    monkeypatch.setattr(files, "atomic_write", full_disk)
     options = [f"run_dir={released_run}", "device=cpu", "num_particles=5", "num_images=20"]
     with pytest.raises(VaePyroError, match="No space left on device .the numbers are printed"):
         evaluate(_compose("evaluate", *options, "output=k5.json"))
@@ -390,21 +390,17 @@ def test_evaluate_prints_the_numbers_when_the_write_fails(released_run, monkeypa
     assert sorted(p.name for p in released_run.iterdir()) == ["checkpoint.pt"]
 
 
-@pytest.mark.parametrize("command", ["evaluate", "sample"])
-def test_an_output_folder_that_cannot_exist_is_refused_before_the_work(
-    released_run, monkeypatch, command
-):
-    """A file where the output folder would go: refused before loading anything (this works as
-    root too; read-only folders are in the test below)."""
+def test_an_output_folder_that_cannot_exist_is_refused_before_the_work(released_run, monkeypatch):
+    """A file where sample's out_dir would go: refused before loading anything (this works as
+    root too; read-only folders are in the test below). evaluate's output is a file name inside
+    run_dir, never a path (test_outputs.py)."""
     (released_run / "blocker").write_text("a file, not a folder")
     from vae_pyro import sample as sample_module
 
-    monkeypatch.setattr(evaluate_module, "load_vae", _no_work)
     monkeypatch.setattr(sample_module, "load_vae", _no_work)
-    where = {"evaluate": "output=blocker/eval.json", "sample": f"out_dir={released_run}/blocker/p"}
-    task = {"evaluate": evaluate, "sample": sample}[command]
+    out_dir = f"out_dir={released_run}/blocker/p"
     with pytest.raises(VaePyroError) as err:
-        task(_compose(command, f"run_dir={released_run}", "device=cpu", where[command]))
+        sample(_compose("sample", f"run_dir={released_run}", "device=cpu", out_dir))
     assert f"{released_run / 'blocker'} is not a directory" in str(err.value)
 
 
@@ -565,7 +561,8 @@ def test_a_wheel_installed_elsewhere_trains_offline_from_any_directory(tmp_path)
         env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (run_dir,) = (work / "outputs").glob("*/*")  # Hydra's default outputs/<date>/<time>/
+    outputs = (work / "outputs").glob("*/*")  # Hydra's default outputs/<date>/<time>/
+    (run_dir,) = [p for p in outputs if p.parent.name != "latest"]  # not outputs/latest/...
     assert _epochs(run_dir) == [1]
     cfg = checkpoint.read(run_dir / "checkpoint.pt").config
     assert (cfg["model"]["z_dim"], cfg["trainer"]["epochs"]) == (50, 1)  # experiment z50 found

@@ -2,8 +2,10 @@
 
 A checkpoint is one torch.save'd dict: format, epoch, position (where an interrupted epoch
 stopped), the weights of the networks (encoder, decoder, and the prior's and posterior's learned
-parts), optimizer state, RNG state, metrics history, image shape and the resolved training
-config. Readers get a `Checkpoint`; nothing else knows the keys.
+parts), optimizer state, RNG state, metrics history, image shape, the resolved training
+config (data.root and data.path absolute) and the fingerprint of the data it was trained on
+(data.Fingerprint: absent from checkpoints written before it was recorded). Readers get a
+`Checkpoint`; nothing else knows the keys.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from pyro.optim import PyroOptim
 
 from vae_pyro.config import DataConfig, ModelConfig, as_dict, config_diff, to_object
-from vae_pyro.errors import VaePyroError
+from vae_pyro.errors import VaePyroError, os_error_in, os_reason
 from vae_pyro.files import atomic_write
 from vae_pyro.model import VAE, build_vae
 
@@ -28,7 +30,7 @@ from vae_pyro.model import VAE, build_vae
 # by its Pyro class (`elbo._target_`), read as the `elbo.name` that replaced it.
 FORMAT = "vae-pyro-checkpoint/2"
 READABLE = ("vae-pyro-checkpoint/1", FORMAT)
-NETWORKS = ("encoder", "decoder", "prior_net", "posterior_net")  # the VAE's parts, by name
+NETWORKS = ("encoder", "decoder", "prior_net", "posterior_net", "lower")  # the VAE's parts
 _ELBO_NAMES = {
     "pyro.infer.Trace_ELBO": "trace",
     "pyro.infer.TraceMeanField_ELBO": "meanfield",
@@ -58,6 +60,7 @@ class Checkpoint:
     config: dict[str, Any]  # the resolved training config, as plain data
     image_shape: tuple[int, ...]
     _payload: dict[str, Any]
+    data_fingerprint: dict[str, Any] | None = None  # data.Fingerprint's fields; None: older
 
     @property
     def model_config(self) -> ModelConfig:
@@ -96,9 +99,11 @@ def build(
     epoch: int,
     metrics: list[dict],
     position: Position | None = None,
+    data_fingerprint: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint of a training run at this moment (RNG state included)."""
     return {
+        **({} if data_fingerprint is None else {"data_fingerprint": data_fingerprint}),
         "epoch": epoch,
         "position": None if position is None else vars(position).copy(),
         **{name: getattr(vae, name).state_dict() for name in NETWORKS},
@@ -124,11 +129,12 @@ def save(path: str | os.PathLike, payload: dict[str, Any]) -> None:
             raise VaePyroError(f"refusing to write non-finite {name} weights {bad} to {path}")
     try:
         atomic_write(path, lambda f: torch.save({"format": FORMAT, **payload}, f))
-    except OSError as err:  # disk full, quota, permissions: the old file is intact
-        raise VaePyroError(
-            f"could not write checkpoint {path}: {err.strerror or err}; "
-            "the previous checkpoint (if any) is unchanged"
-        ) from None
+    except (OSError, RuntimeError) as err:  # disk full, quota, a file-size limit, permissions:
+        # torch.save reports a failed write as a RuntimeError raised while handling the OSError
+        cause = os_error_in(err)
+        reason = os_reason(cause) if cause else (str(err).strip() or repr(err)).splitlines()[0]
+        kept = "the previous checkpoint is unchanged" if path.is_file() else "none was written"
+        raise VaePyroError(f"could not write checkpoint {path}: {reason}; {kept}") from None
 
 
 def _not_a_checkpoint(path: Path) -> str | None:
@@ -194,6 +200,7 @@ def read(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> C
             config=_upgrade(payload["config"]),
             image_shape=tuple(payload["image_shape"]),
             _payload=payload,
+            data_fingerprint=payload.get("data_fingerprint"),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise VaePyroError(f"checkpoint {path} lacks {err} (an incomplete checkpoint)") from None

@@ -3,26 +3,36 @@
 Every command runs through `run`: Hydra composes conf/<command>.yaml onto the command's schema
 (vae_pyro/config.py), the task runs, and every refusal, whether Hydra's (a wrong type, choice
 or key while composing) or ours (a range, a missing file, a damaged checkpoint), is one line on
-stderr and exit code 2. An interruption exits 128 + the signal; a genuine bug keeps its
-traceback. In a sweep (-m) a failed job is recorded in its run dir and returns inf instead, so
-the other jobs run; the sweep then exits 1, naming them. `--help` is generated from the schema:
+stderr and exit code 2. So is a failure of the machine (a full disk, a file-size limit, memory
+that cannot be had, an image that cannot be decoded), and an unexpected exception (a bug) is one
+line and exit code 1: `shell` maps exception types to lines, in one place (`explain`);
+VAE_PYRO_DEBUG=1 prints the traceback before the line. Ctrl-C or SIGTERM is one line naming what
+was kept and exit code 128 + the signal (130, 143), whenever it comes (`shell`; report runs in
+it too). In a sweep (-m) a failed job is recorded in its run dir and returns inf instead, so the
+other jobs run; the sweep then exits 1, naming them. `--help` is generated from the schema:
 keys, meanings, allowed values.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import math
 import os
 import re
+import signal
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+import threading
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import hydra
+import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
@@ -31,8 +41,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from vae_pyro import config, distributed, files
-from vae_pyro.errors import TrainingInterrupted, VaePyroError
+from vae_pyro import config, distributed, files, runs, startup
+from vae_pyro.errors import (
+    TrainingInterrupted,
+    VaePyroError,
+    is_starting_handler,
+    os_error_in,
+    os_reason,
+    raise_interrupted,
+    signal_name,
+)
 
 CONF_DIR = files.shipped("conf", "conf")  # conf/; in a wheel, vae_pyro/conf/
 
@@ -42,7 +60,8 @@ log = logging.getLogger(__name__)
 COMMANDS: dict[str, tuple[str, tuple[str, ...], bool]] = {
     "train": (
         "train a VAE with Pyro's SVI; checkpoint.pt, metrics.jsonl, TensorBoard and figures go "
-        "to the run dir (outputs/<date>/<time>/, or hydra.run.dir=...)",
+        "to the run dir (outputs/<date>/<time>_<experiment>/, or hydra.run.dir=...); "
+        "outputs/latest points at the newest run",
         (
             "python -m vae_pyro.train +experiment=z50",
             "python -m vae_pyro.train +experiment=z50_binarized trainer.epochs=500 seed=1",
@@ -72,6 +91,14 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], bool]] = {
         False,
     ),
 }
+
+
+# The end of every command's --help (report's too): exit codes and the debug switch.
+EXITS = (
+    "An error is one line on stderr: exit code 2 (refused, or the machine failed: disk, memory), "
+    "1 for an unexpected error; Ctrl-C / SIGTERM: 130 / 143, naming what was kept. "
+    "VAE_PYRO_DEBUG=1 python -m ... prints the traceback too."
+)
 
 
 def _help_row(key: str, meaning: str, width: int = 36) -> str:
@@ -107,6 +134,7 @@ def help_template(command: str, summary: str, examples: Sequence[str], groups: b
         *(f"  {e}" for e in examples),
         "",
         "--cfg job prints the composed config and runs nothing; --hydra-help lists Hydra's flags.",
+        textwrap.fill(EXITS, 100),
     ]
     return "\n".join(lines).replace("$", "$$").replace("$$APP_CONFIG_GROUPS", "$APP_CONFIG_GROUPS")
 
@@ -115,6 +143,7 @@ def register() -> None:
     """Store the schemas and, as hydra/help=vae_pyro_<command> (which conf/<command>.yaml
     selects), each command's help."""
     config.register()
+    runs.register_resolvers()  # ${vae_pyro.suffix:experiment}: conf/train.yaml
     for command, (summary, examples, groups) in COMMANDS.items():
         template = help_template(command, summary, examples, groups)
         node = {"app_name": f"vae_pyro.{command}", "header": "", "footer": "", "template": template}
@@ -150,11 +179,25 @@ def precheck(command: str, cfg: DictConfig) -> config.Section:
     schema = config.SCHEMAS[command]
     plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     checked = config.to_object(plain, schema)
+    config.refuse_unread(plain, schema)  # a key the chosen component would ignore
     device = checked
     for part in schema.DEVICE_KEY.split("."):
         device = getattr(device, part)
     config.resolve_device(device, schema.DEVICE_KEY)
     return checked
+
+
+def _absolute_data(cfg: DictConfig, checked: config.Section) -> None:
+    """data.root and data.path as the schema made them (absolute) in the composed config too,
+    so the run's .hydra/config.yaml names the same data from any directory. (A sweep's jobs
+    are composed after this: their checkpoints hold the absolute paths, their .hydra copies
+    the paths as given.)"""
+    data = getattr(checked, "data", None)
+    if isinstance(data, config.DataConfig) and "data" in cfg:
+        with read_write(cfg), open_dict(cfg):
+            for name in ("root", "path"):
+                if getattr(data, name) is not None:
+                    cfg.data[name] = getattr(data, name)
 
 
 class NothingToDo(Exception):
@@ -206,13 +249,18 @@ class Precheck(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:  # in a torchrun run every rank checks (no files: the same answer on each)
             checked = precheck(self.command, config)
+            _absolute_data(config, checked)
             if _claim is not None and _claim[0] == self.command:
-                self.claimed = _claim[1](checked, Path(config.hydra.run.dir))
+                claim = _claim[1]
+                unique = distributed.env_world() <= 1  # torchrun: rank 0's dir (_follow)
+                self.claimed = runs.claim_free(config, lambda d: claim(checked, d), unique)
         except VaePyroError as err:  # Hydra turns a callback's exception into a warning
             _fail(self.command, str(err), once=True)
         except NothingToDo as done:
             distributed.print_once(str(done))
             raise SystemExit(0) from None
+        except Exception as err:  # else a warning, and the job would run unclaimed
+            _error(self.command, err, config)
         if self.claimed is not None and not distributed.leads():
             _follow(config, str(self.claimed.run_dir))
 
@@ -228,10 +276,20 @@ class Precheck(Callback):
             _fail(self.command, str(err))
         self.before = _statuses(sweep_dir)
 
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        """A run that ended and holds a checkpoint becomes outputs/latest (rank 0 only)."""
+        run_dir = Path(config.hydra.runtime.output_dir)
+        single = config.hydra.mode == RunMode.RUN
+        if single and self._owns_runs() and distributed.leads():
+            if (run_dir / "checkpoint.pt").is_file():
+                runs.mark_latest(run_dir, runs.RUNS)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir).absolute()
         ran = [p for p, seen in _statuses(sweep_dir).items() if self.before.get(p) != seen]
         failed = [p for p in ran if _failed(p)]
+        if distributed.leads():
+            runs.mark_latest(sweep_dir, runs.SWEEPS)
         if failed:
             shown = ", ".join(map(str, failed[:3])) + (" ..." if len(failed) > 3 else "")
             _fail(
@@ -240,6 +298,24 @@ class Precheck(Callback):
                 f"status.json: {shown}); python -m vae_pyro.report {sweep_dir} lists them",
                 code=1,
             )
+        if self._owns_runs():
+            where = _shown(sweep_dir)
+            distributed.print_once(
+                f"sweep of {len(ran)} jobs in {where}; its summary: "
+                f"python -m vae_pyro.report sweep_dir={where}"
+            )
+
+    def _owns_runs(self) -> bool:
+        """Whether this command makes runs (train: it claims its run dir)."""
+        return _claim is not None and _claim[0] == self.command
+
+
+def _shown(path: Path) -> Path:
+    """path relative to the working directory when inside it (shorter to copy), else as is."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 def _follow(config: DictConfig, run_dir: str) -> None:
@@ -265,10 +341,158 @@ def _fail(command: str, message: str, code: int = 2, once: bool = False) -> None
     raise SystemExit(code)
 
 
+# The shell of every command (`shell`): interruptions and exceptions as one line.
+
+DEBUG = "VAE_PYRO_DEBUG"  # =1: an error's traceback is printed before its line
+# The keys that size what a command allocates, named when memory runs out.
+SIZE_KEYS = {
+    "train": (
+        "data.batch_size",
+        "trainer.eval_batch_size",
+        "model.hidden_dim",
+        "model.z_dim",
+        "model.channels",
+        "model.prior.components",
+        "elbo.num_particles",
+    ),
+    "sample": ("num_samples", "scale", "prior.num", "interpolation.steps", "manifold.steps"),
+    "evaluate": ("max_batch_elements", "num_images"),
+}
+_MEMORY = re.compile(r"out of memory|can't allocate memory|not enough memory", re.I)
+_written_before = 0  # len(files.WRITTEN) when the shell began: what this command wrote follows
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _kept() -> str:
+    """What the command wrote before it stopped (files.WRITTEN; caches left out): whole files,
+    since every output is written atomically."""
+    cache = startup.cache_dir()
+    paths = [p for p in files.WRITTEN[_written_before:] if not p.is_relative_to(cache)]
+    paths = list(dict.fromkeys(paths))
+    if not paths:
+        return "nothing was written"
+    shown = ", ".join(map(str, paths[:3])) + (f" and {len(paths) - 3} more" if paths[3:] else "")
+    s = "s" if len(paths) > 1 else ""
+    return f"kept {len(paths)} complete file{s} ({shown}); no partial file was left"
+
+
+def _size_keys(command: str, cfg: DictConfig | None) -> str:
+    """The size keys set above their defaults, or else all of them, with their values where
+    the config is known."""
+    keys = SIZE_KEYS.get(command, ())
+    if not keys:
+        return "the amount of data"
+    if cfg is None:
+        return f"one of {', '.join(keys)}"
+    defaults = OmegaConf.structured(config.SCHEMAS[command])
+    values = {k: OmegaConf.select(cfg, k, default=None) for k in keys}
+    raised = []
+    for k, v in values.items():
+        default = OmegaConf.select(defaults, k, default=None)
+        if isinstance(v, int) and (default is None or v > default):
+            raised.append(f"{k}={v}" + ("" if default is None else f" (default {default})"))
+    shown = [f"{k}={v}" for k, v in values.items() if v is not None]
+    return " and ".join(raised) if raised else f"one of {', '.join(shown)}"
+
+
+def _allocation(text: str) -> str:
+    """How much the failed allocation asked for, as said in torch's message, or ""."""
+    found = re.search(r"allocate (\d+) bytes", text)
+    if found:
+        return f" ({int(found.group(1)) / 2**30:.1f} GiB asked for)"
+    found = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]i?B)", text)
+    return f" ({found.group(1)} asked for)" if found else ""
+
+
+def _os_line(err: OSError) -> str:
+    """The file (when the error names it) and the system's reason."""
+    reason = os_reason(err)
+    if err.filename:
+        return f"{err.filename}: {reason}"
+    full = err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    return f"{'a write' if full else 'a file operation'} failed: {reason}"
+
+
+def explain(command: str, err: BaseException, cfg: DictConfig | None = None) -> tuple[str, bool]:
+    """The one line for an exception, and whether it is unexpected (a bug): the one table from
+    exception types to what the user reads. Memory: the size keys to lower; an OSError, however
+    wrapped (torch.save's RuntimeError): what failed and what was kept; an image decoder's
+    error (PIL): which; anything else: its type and first line."""
+    if isinstance(err, VaePyroError):
+        return str(err), False
+    first = _first_line(err)
+    if isinstance(err, MemoryError | torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and _MEMORY.search(first)
+    ):
+        asked = _allocation(first)
+        return f"out of memory{asked}: lower {_size_keys(command, cfg)}", False
+    if type(err).__module__.split(".")[0] == "PIL":  # before OSError: some of them are
+        return f"an image could not be decoded ({type(err).__name__}: {first}); {_kept()}", False
+    cause = os_error_in(err)
+    if cause is not None:
+        return f"{_os_line(cause)}; {_kept()}", False
+    return f"unexpected {type(err).__name__}: {first} (a bug: {DEBUG}=1 shows where)", True
+
+
+def _error(command: str, err: BaseException, cfg: DictConfig | None = None) -> NoReturn:
+    """One line on stderr (explain) and exit 2, or 1 for an unexpected exception."""
+    message, bug = explain(command, err, cfg)
+    if os.environ.get(DEBUG) == "1":
+        traceback.print_exception(err)
+    _fail(command, message, code=1 if bug else 2)
+    raise AssertionError  # _fail exits
+
+
+def _handlers(handlers: dict[int, Any]) -> dict[int, Any]:
+    """Install signal handlers, returning the previous ones; the main thread only (where
+    Python runs them); a signal set to be ignored (nohup, a background job) stays ignored."""
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous
+    for signum, handler in handlers.items():
+        if signal.getsignal(signum) not in (signal.SIG_IGN, None):
+            previous[signum] = signal.signal(signum, handler)
+    return previous
+
+
+@contextlib.contextmanager
+def shell(command: str) -> Iterator[None]:
+    """Around everything a command does. Ctrl-C raises KeyboardInterrupt and SIGTERM
+    errors.Interrupted where they arrive, so every cleanup runs (temp files, the run dir's
+    lock, a run dir that got nothing); then one line naming what was kept, exit 128 + signum.
+    Any exception: one line (explain). Training's own handler takes over inside its loop."""
+    global _written_before
+    _written_before = len(files.WRITTEN)
+    previous = _handlers(
+        {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: raise_interrupted}
+    )
+    try:
+        yield
+    except KeyboardInterrupt as stop:  # errors.Interrupted too
+        _handlers({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN})  # exiting
+        previous = {}
+        if os.environ.get(DEBUG) == "1":
+            traceback.print_exception(stop)
+        signum = getattr(stop, "signum", signal.SIGINT)
+        line = f"vae_pyro.{command}: interrupted by {signal_name(signum)}: {_kept()}"
+        distributed.print_once(line, file=sys.stderr)
+        raise SystemExit(128 + signum) from None
+    except Exception as err:
+        _error(command, err)
+    finally:
+        for signum, handler in previous.items():  # never back to errors.exit_while_starting's
+            default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+            signal.signal(signum, default if is_starting_handler(handler) else handler)
+
+
 def _record_job(status: str, **fields: Any) -> None:
     """A sweep job's outcome as status.json in its run dir: vae_pyro.report reads it, not logs."""
     path = Path(HydraConfig.get().runtime.output_dir) / "status.json"
-    text = json.dumps({"status": status, **fields}) + "\n"
+    text = files.to_json({"status": status, **fields}) + "\n"  # strict JSON: null for NaN
     files.atomic_write(path, lambda f: f.write(text.encode()))  # a new file: see _statuses
 
 
@@ -282,13 +506,17 @@ def _job(command: str, task: Callable[..., Any], cfg: DictConfig, *claimed: Any)
             _record_job("interrupted", error=str(stop))
         distributed.print_once(f"vae_pyro.{command}: {stop}", file=sys.stderr)
         raise SystemExit(stop.exit_code) from None
+    except KeyboardInterrupt as stop:  # and SIGTERM (errors.Interrupted): `shell` says it
+        if sweep:
+            name = signal_name(getattr(stop, "signum", signal.SIGINT))
+            _record_job("interrupted", error=f"interrupted by {name}")
+        raise
     except Exception as err:
-        if not sweep and isinstance(err, VaePyroError):
-            _fail(command, str(err))
         if not sweep:
-            raise
-        log.error("job failed: %s", err, exc_info=not isinstance(err, VaePyroError))
-        _record_job("failed", error=str(err) or type(err).__name__)
+            _error(command, err, cfg)  # here, before Hydra prints "Error executing job"
+        message, bug = explain(command, err, cfg)
+        log.error("job failed: %s", message, exc_info=bug)
+        _record_job("failed", error=message)
         return math.inf
     if sweep and isinstance(result, float):
         ok = math.isfinite(result)
@@ -319,11 +547,18 @@ def run(command: str, task: Callable[..., Any], claim: Claim | None = None) -> N
     Hydra writes into the run dir (see Claim), and the task gets what it claimed (see _Job)."""
     global _claim
     _claim = None if claim is None else (command, claim)
+    bare = startup.bare_argument(command, sys.argv[1:])  # else Hydra's "missing EQUAL"
+    if bare is not None:
+        _fail(command, bare)
+    if "run_dir" in config.SCHEMAS[command].__dataclass_fields__:
+        task = runs.with_run_dir(task)  # run_dir=latest
     # Hydra prints its own composition errors over several lines and exits 1; with this set it
     # raises them instead, and they become our one line and exit code 2.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=command)
-    try:
-        main(_Job(command, task, claim is not None))()
-    except (HydraException, OmegaConfBaseException) as err:
-        _fail(command, compose_message(command, err))
+    with shell(command):
+        try:
+            with startup.recording_help(command, sys.argv[1:]):  # the next --help: startup.py
+                main(_Job(command, task, claim is not None))()
+        except (HydraException, OmegaConfBaseException) as err:
+            _fail(command, compose_message(command, err))

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import functools
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -24,10 +25,16 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from vae_pyro.errors import VaePyroError
 from vae_pyro.figures import FIGURES
-from vae_pyro.posteriors import PosteriorConfig, PosteriorName  # noqa: F401  (beside their classes)
-from vae_pyro.priors import PriorConfig, PriorName  # noqa: F401  (beside their classes)
+from vae_pyro.loggers import LoggerConfig, LoggerName  # noqa: F401  (beside the trackers)
+from vae_pyro.posteriors import (  # noqa: F401  (beside their classes)
+    POSTERIORS,
+    PosteriorConfig,
+    PosteriorName,
+)
+from vae_pyro.priors import PRIORS, PriorConfig, PriorName  # noqa: F401  (beside their classes)
 from vae_pyro.schema import (  # noqa: F401  (re-exported: the schema's vocabulary)
     DEVICE,
+    FILE_NAME,
     POSITIVE,
     SEED,
     Choice,
@@ -103,8 +110,8 @@ def resolve_device(spec: str, key: str = "trainer.device") -> torch.device:
 class DataConfig(Section):
     PREFIX: ClassVar[str] = "data."
     name: DataName = key(DataName.mnist, "dataset (conf/data/<name>.yaml)")
-    root: str | None = key(None, "folder holding the torchvision files; null = data/")
-    path: str | None = key(None, "npz file or image folder (data=npz | image_folder)")
+    root: str | None = key(None, "folder holding the torchvision files; null = data/", path=True)
+    path: str | None = key(None, "npz file or image folder (data=npz | image_folder)", path=True)
     image_size: int | None = key(None, "image_folder: resize to N x N; null = keep", POSITIVE)
     subset: int | None = key(None, "train on the first N training images only", POSITIVE)
     batch_size: int = key(256, "training batch size", POSITIVE)
@@ -112,14 +119,34 @@ class DataConfig(Section):
         Binarize.none, "gray levels as targets | fresh Bernoulli draw per use | one fixed draw"
     )
 
+    def __post_init__(self) -> None:
+        """root and path absolute: the run's config (checkpoint, .hydra) names the same data
+        from whichever directory evaluate, sample or a resume runs."""
+        super().__post_init__()
+        for name in ("root", "path"):
+            if getattr(self, name) is not None:
+                setattr(self, name, os.path.abspath(getattr(self, name)))
+
 
 @dataclass
 class ModelConfig(Section):
     PREFIX: ClassVar[str] = "model."
     # Training-only keys: the networks a checkpoint holds do not depend on them.
     TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("kl_weight", "kl_warmup_epochs")
+    # The keys that only some architectures read (networks.ARCHS): see refuse_unread.
+    ARCH_READS: ClassVar[dict[str, tuple[str, ...]]] = {"mlp": (), "conv": ("channels",)}
     arch: Arch = key(Arch.mlp, "encoder/decoder networks (conf/model/<arch>.yaml)")
-    z_dim: int = key(50, "latent dimensions", POSITIVE)
+    z_dim: int = key(50, "latent dimensions (of the top layer, where p(z) is)", POSITIVE)
+    latent_layers: int = key(
+        1,
+        "stochastic layers: 1, or 2 (z2 ~ p(z2), z1 ~ p(z1|z2), x ~ p(x|z1); z2 has z_dim)",
+        Rule(lambda v: v in (1, 2), "1 or 2"),
+    )
+    lower_z_dim: int | None = key(
+        None,
+        "latent_layers=2: dimensions of z1, the layer the decoder reads; null = 2 x z_dim",
+        POSITIVE,
+    )
     hidden_dim: int = key(400, "hidden layer width", POSITIVE)
     hidden_layers: int = key(1, "hidden layers of the encoder and of the decoder", POSITIVE)
     channels: list[int] = key(
@@ -139,6 +166,21 @@ class ModelConfig(Section):
     kl_warmup_epochs: int = key(0, "KL weight rises from 0 over N epochs", int_at_least(0))
     prior: PriorConfig = field(default_factory=PriorConfig)
     posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.latent_layers == 1 and self.lower_z_dim is not None:
+            raise VaePyroError(
+                f"model.lower_z_dim={self.lower_z_dim} sizes the lower of two stochastic layers: "
+                "give model.latent_layers=2 with it, or leave it out"
+            )
+
+    @property
+    def decoder_z_dim(self) -> int:
+        """Dimensions of the layer the decoder reads: z1 of two layers, else z."""
+        if self.latent_layers == 1:
+            return self.z_dim
+        return 2 * self.z_dim if self.lower_z_dim is None else self.lower_z_dim
 
 
 @dataclass
@@ -162,6 +204,28 @@ class OptimConfig(Section):
         "the PyroOptim to build (_target_ and its args)",
     )
 
+    def __post_init__(self) -> None:
+        """optim_args.lr and .betas are optim.lr and optim.betas (interpolations): one given
+        there directly passes their range check, and must not bypass them."""
+        super().__post_init__()
+        args = self.optimizer.get("optim_args")
+        for name in ("lr", "betas"):
+            if not isinstance(args, Mapping) or name not in args or _interpolation(args[name]):
+                continue
+            value, rule = args[name], _rule(OptimConfig, name)
+            shown = f"optim.optimizer.optim_args.{name}={format_value(value)}"
+            try:
+                ok = rule.ok(value)
+            except TypeError:  # a string, a list where a number goes
+                ok = False
+            if not ok:
+                raise VaePyroError(f"{shown} is not allowed: use {rule.allowed} (as optim.{name})")
+            if value != getattr(self, name):
+                raise VaePyroError(
+                    f"{shown} differs from optim.{name}={format_value(getattr(self, name))}, "
+                    f"which it would silently replace: give optim.{name}={format_value(value)}"
+                )
+
 
 @dataclass
 class ElboConfig(Section):
@@ -182,11 +246,20 @@ class TrainerConfig(Section):
         1, "write checkpoint.pt every N epochs (and after the last)", POSITIVE
     )
     resume: bool = key(False, "continue the checkpoint in hydra.run.dir")
-    resume_from: str | None = key(None, "a checkpoint.pt or run dir to continue from")
+    resume_from: str | None = key(None, "a checkpoint.pt or run dir to continue from", path=True)
+    allow_other_data: bool = key(
+        False, "resume on data other than the checkpoint's (its fingerprint differs)"
+    )
     dist_timeout_s: float = key(
         600.0,
         "torchrun runs: seconds a rank waits for the others before failing",
         Rule(lambda v: 1 <= v < math.inf, "a finite number >= 1"),
+    )
+    image_every: int | None = key(
+        None,
+        "TensorBoard: reconstructions and prior draws every N epochs and after the last; "
+        "null = 5 evenly spaced epochs; 0 = none",
+        int_at_least(0),
     )
 
 
@@ -198,6 +271,7 @@ class TrainConfig(Section):
     optim: OptimConfig = field(default_factory=OptimConfig)
     elbo: ElboConfig = field(default_factory=ElboConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = key(0, "same config + seed = same numbers on the CPU", SEED)
 
 
@@ -213,8 +287,10 @@ class SampleKeys(Section):
     """The keys of `sample` itself; SampleConfig adds each figure's section (sample_schema)."""
 
     DEVICE_KEY: ClassVar[str] = "device"
-    run_dir: str = key(MISSING, "a training run's directory, holding checkpoint.pt (required)")
-    out_dir: str = key("${run_dir}/samples", "where the PNGs go")
+    run_dir: str = key(
+        MISSING, "a training run's directory, holding checkpoint.pt (required)", path=True
+    )
+    out_dir: str = key("${run_dir}/samples", "where the PNGs go (any folder)", path=True)
     seed: int = key(0, "same seed and options = same figures", SEED)
     device: str = key("auto", "where to decode", DEVICE)
     indices: list[int] | None = key(
@@ -229,10 +305,19 @@ class SampleKeys(Section):
         "latent vectors to decode into decoded.png (only that figure)",
         Rule(_vectors, "a non-empty list of lists of numbers, e.g. 'z=[[0.2,-1.0]]'"),
     )
+    z_file: str | None = key(
+        None,
+        "a .npy file of latent vectors, shape (N, z_dim), to decode into decoded.png",
+        path=True,
+    )
     images: list[str] | None = key(
         None,
-        "image files to encode into posterior.png (only that figure)",
+        "image files to encode into encoded.png (only that figure)",
         Rule(lambda v: len(v) > 0, "a non-empty list of paths"),
+        path=True,
+    )
+    allow_other_data: bool = key(
+        False, "draw on data other than the run was trained on (its fingerprint differs)"
     )
 
 
@@ -256,7 +341,9 @@ SampleConfig = sample_schema()
 @dataclass
 class EvaluateConfig(Section):
     DEVICE_KEY: ClassVar[str] = "device"
-    run_dir: str = key(MISSING, "a training run's directory, holding checkpoint.pt (required)")
+    run_dir: str = key(
+        MISSING, "a training run's directory, holding checkpoint.pt (required)", path=True
+    )
     num_particles: int = key(5000, "K: importance samples per test image", POSITIVE)
     max_batch_elements: int = key(
         100_000, "(particle, image) pairs per decoder call (memory)", POSITIVE
@@ -264,8 +351,11 @@ class EvaluateConfig(Section):
     num_images: int | None = key(None, "the first N test images only; null = all", POSITIVE)
     seed: int = key(0, "same seed and options = same numbers on the same device", SEED)
     device: str = key("auto", "where to evaluate", DEVICE)
-    output: str = key("eval.json", "file name inside run_dir")
+    output: str = key("eval.json", "file name inside run_dir", FILE_NAME)
     overwrite: bool = key(False, "replace an existing output (else refused before any work)")
+    allow_other_data: bool = key(
+        False, "score data other than the run was trained on (recorded in the output)"
+    )
 
 
 SCHEMAS = {"train": TrainConfig, "sample": SampleConfig, "evaluate": EvaluateConfig}
@@ -328,6 +418,74 @@ def _refuse_unknown_keys(
         kind = fields[name].type
         if isinstance(kind, type) and issubclass(kind, Section):
             _refuse_unknown_keys(node[name], kind, f"{prefix}{name}.", root or schema)
+
+
+def _interpolation(value: Any) -> bool:
+    """A value as the schema's default writes it, before OmegaConf resolves it."""
+    return isinstance(value, str) and value.startswith("${")
+
+
+def _rule(schema: type[Section], name: str) -> Rule:
+    return next(f.metadata["rule"] for f in dataclasses.fields(schema) if f.name == name)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _readers() -> list[tuple[str, type[Section], str, Mapping[str, tuple[str, ...]]]]:
+    """The sections whose keys only some choices read: (section, schema, the key that chooses,
+    {choice: the keys it reads}), each table beside its implementations (data.SOURCES, PRIORS,
+    POSTERIORS, ModelConfig.ARCH_READS; a tracker reads every key of logger)."""
+    from vae_pyro.data import SOURCES  # data.py imports this module: read when asked
+
+    tracker = tuple(f.name for f in dataclasses.fields(LoggerConfig) if f.name != "name")
+    return [
+        ("data", DataConfig, "name", {n: source.reads for n, source in SOURCES.items()}),
+        ("model", ModelConfig, "arch", ModelConfig.ARCH_READS),
+        ("model.prior", PriorConfig, "name", {n: tuple(c.defaults) for n, c in PRIORS.items()}),
+        (
+            "model.posterior",
+            PosteriorConfig,
+            "name",
+            {n: tuple(c.defaults) for n, c in POSTERIORS.items()},
+        ),
+        (
+            "logger",
+            LoggerConfig,
+            "name",
+            {n.name: () if n.name == "none" else tracker for n in LoggerName},
+        ),
+    ]
+
+
+def refuse_unread(cfg: Any, schema: type[Section]) -> None:
+    """Every key given is used, or refused: a key set away from its default that the chosen
+    component does not read (data.image_size with data=mnist, model.channels with
+    model.arch=mlp, model.prior.components with the N(0, I) prior) is one VaePyroError naming
+    the component and those that read it. For a config a user gives (cli.precheck, train);
+    a checkpoint's config is read as it is (the schema nulls what its component ignores)."""
+    if schema is not TrainConfig or isinstance(cfg, Section):
+        return
+    tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    for prefix, section, choice, reads in _readers():
+        node: Any = tree
+        for part in prefix.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if not isinstance(node, Mapping):
+            continue
+        fields = {f.name: f for f in dataclasses.fields(section)}
+        chosen = str(node.get(choice, _default(fields[choice])))
+        optional = {k for keys in reads.values() for k in keys}
+        for name in sorted(optional - set(reads.get(chosen, ()))):
+            value = node.get(name)
+            if value is not None and value != _default(fields[name]):
+                names = [n for n, keys in reads.items() if name in keys]
+                readers = " and ".join([", ".join(names[:-1]), names[-1]] if names[1:] else names)
+                raise VaePyroError(
+                    f"{prefix}.{name}={format_value(value)} is not read by "
+                    f"{prefix}.{choice}={chosen} (only by {readers}): leave it out"
+                )
 
 
 def omegaconf_message(err: OmegaConfBaseException) -> str:

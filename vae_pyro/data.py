@@ -1,7 +1,9 @@
 """Datasets as whole tensors on the training device, and the batch index iterator.
 
 torchvision reads the files (MNIST, FashionMNIST, CIFAR10, ImageFolder; no hand-written
-parsers), numpy reads npz arrays. Every source's split is converted once to a float tensor in
+parsers), numpy reads npz arrays. What torchvision decodes is kept as uint8 arrays in the user's
+cache folder (see _decoded), so later runs read it without importing torchvision, which is
+slow to import. Every source's split is converted once to a float tensor in
 [0, 1] of shape (N, C, H, W); training batches are slices of a per-epoch
 permutation of it, so the hot loop does no per-sample Python work.
 """
@@ -9,12 +11,13 @@ permutation of it, so the hot loop does no per-sample Python work.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import logging
 import os
 from collections import Counter, UserDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -25,7 +28,9 @@ import torch
 
 from vae_pyro.config import DataConfig, to_object
 from vae_pyro.errors import VaePyroError
-from vae_pyro.files import shipped
+from vae_pyro.files import atomic_write, shipped
+from vae_pyro.images import fit, read_image, to_uint8, with_channels
+from vae_pyro.startup import cache_dir
 
 if TYPE_CHECKING:  # torchvision is imported where it reads files: it is slow to import
     from torchvision import datasets
@@ -90,11 +95,40 @@ class Split:
         return self.x.shape[0]
 
 
+@dataclass(frozen=True)
+class Fingerprint:
+    """What identifies the data a run was trained on: a sha256 over its source's four arrays
+    (uint8 images and labels of both splits, before data.subset and binarization, which the
+    config records), their sizes, and where they were read (said, not compared)."""
+
+    sha256: str
+    train: int
+    test: int
+    source: str
+
+    def __str__(self) -> str:
+        return f"sha256 {self.sha256[:12]} ({self.train} train / {self.test} test, {self.source})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def fingerprint(splits: Splits, source: str) -> Fingerprint:
+    """The Fingerprint of a source's splits (a sha256 of 55 MB, MNIST: ~30 ms)."""
+    digest = hashlib.sha256()
+    for t in splits:
+        t = t.contiguous()
+        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.numpy().data)
+    return Fingerprint(digest.hexdigest(), len(splits[0]), len(splits[2]), source)
+
+
 @dataclass
 class ImageData:
     train: Split
     test: Split
     binarize: str = "none"
+    fingerprint: Fingerprint | None = None  # of the source's arrays (see Fingerprint)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -135,8 +169,7 @@ def _torchvision_root(root: Path, folder: str, files: list[str]) -> Path:
         return root
     if all((raw / f.removesuffix(".gz")).exists() for f in files) or not _read_only(raw):
         return root
-    base = Path(os.environ.get("VAE_PYRO_CACHE", Path.home() / ".cache" / "vae_pyro"))
-    cache = base / hashlib.sha1(str(raw.resolve()).encode()).hexdigest()[:12]
+    cache = cache_dir() / hashlib.sha1(str(raw.resolve()).encode()).hexdigest()[:12]
     (cache / folder).mkdir(parents=True, exist_ok=True)
     for f in files:
         with contextlib.suppress(FileExistsError):  # another process made it first
@@ -164,10 +197,82 @@ def _check_files(cls: type, raw: Path) -> None:
                 )
 
 
+# A split torchvision decoded, as <cache>/decoded/<name>-<split>-<folder>-<key>.npz (uint8 x
+# (N, C, H, W), int64 y). <folder> hashes the source folder's path, <key> its files' paths, sizes
+# and mtimes (and this layout's version): a changed file is decoded again (replacing the folder's
+# older copy); a damaged cache file is rebuilt. The MAX_DECODED used last are kept.
+DECODED_VERSION = 1
+MAX_DECODED = 12
+
+
+def _decoded(name: str, root: Path, train: bool) -> Path | None:
+    """Where the split's decoded copy is cached; None unless its source files are all there
+    (a .gz or the file torchvision extracts from it)."""
+    folder, files = TORCHVISION.data[name][1:]  # .data: without importing torchvision
+    raw = root / folder
+    stamp = [f"{DECODED_VERSION}", name, "train" if train else "test"]
+    for f in files:
+        found = [p for p in (raw / f, raw / f.removesuffix(".gz")) if p.is_file()]
+        if not found:
+            return None
+        info = found[0].stat()
+        stamp.append(f"{found[0].resolve()}:{info.st_size}:{info.st_mtime_ns}")
+    where = hashlib.sha256(str(raw.resolve()).encode()).hexdigest()[:8]
+    key = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:16]
+    return cache_dir() / "decoded" / f"{stamp[1]}-{stamp[2]}-{where}-{key}.npz"
+
+
+def _read_decoded(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The cached split, or None when there is none or it is damaged (then it is rebuilt)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            x, y = npz["x"], npz["y"]
+    except Exception as err:  # truncated, not a zip, missing arrays
+        log.warning("rebuilding the damaged cache file %s (%s)", path, type(err).__name__)
+        return None
+    if x.dtype != np.uint8 or x.ndim != 4 or y.dtype != np.int64 or y.shape != (len(x),):
+        log.warning("rebuilding the cache file %s (not this layout)", path)
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(path)  # used now: the last to go (_write_decoded)
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def _write_decoded(path: Path, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Atomically (a crash leaves no half file); a cache that cannot be written is skipped."""
+    arrays = {"x": x.numpy(), "y": y.to(torch.int64).numpy()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: np.savez(f, **arrays))
+        for old in path.parent.glob(f"{path.stem.rsplit('-', 1)[0]}-*.npz"):
+            if old != path:  # the same folder's copy from before its files changed
+                old.unlink(missing_ok=True)
+        kept = sorted(path.parent.glob("*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in kept[MAX_DECODED:]:  # the least recently used
+            old.unlink(missing_ok=True)
+    except OSError as err:
+        log.debug("not caching %s: %s", path, err)
+
+
 def _torchvision_split(
     name: str, root: Path, train: bool, alternative: str = ""
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One split as uint8 (N, C, H, W) and labels; `alternative` ends the not-found error."""
+    """One split as uint8 (N, C, H, W) and labels: the cached copy (_decoded), else read by
+    torchvision and cached; `alternative` ends the not-found error."""
+    cached = _decoded(name, root, train)
+    split = None if cached is None else _read_decoded(cached)
+    if split is None:
+        split = _torchvision_read(name, root, train, alternative)
+        if cached is not None:
+            _write_decoded(cached, *split)
+    return split
+
+
+def _torchvision_read(
+    name: str, root: Path, train: bool, alternative: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     cls, folder, files = TORCHVISION[name]
     _check_files(cls, root / folder)
     try:
@@ -244,6 +349,11 @@ def _npz_splits(path: Path, expect: tuple[int, int, int] | None = None) -> Split
     x_train = _npz_images(arrays["x_train"], "x_train", path)
     x_test = _npz_images(arrays["x_test"], "x_test", path)
     for x, key in ((x_train, "x_train"), (x_test, "x_test")):
+        if len(x) == 0:
+            raise VaePyroError(
+                f"{path}: {key} holds no images (shape {tuple(arrays[key].shape)}): a dataset "
+                "needs at least one training and one test image"
+            )
         if expect is not None and tuple(x.shape[1:]) != expect:
             raise VaePyroError(
                 f"{path}: {key} holds images of shape (C, H, W) = "
@@ -275,19 +385,29 @@ def _cifar10_splits(root: Path, path: Path | None) -> Splits:
     )
 
 
+def _folder_image(image_size: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """images.read_image's float (C, H, W) -> uint8 RGB, resized to image_size if given
+    (shorter side to image_size, then the centre square)."""
+
+    def convert(x: torch.Tensor) -> torch.Tensor:
+        x = x if image_size is None else fit(x, image_size, image_size)
+        return to_uint8(with_channels(x, 3))
+
+    return convert
+
+
 def _folder_split(folder: Path, image_size: int | None) -> datasets.ImageFolder:
-    from torchvision import datasets, transforms
+    from torchvision import datasets
 
     if not folder.is_dir():
         raise VaePyroError(
             f"image folder not found: {folder}. data.path must hold train/ and test/, each with "
             f"one sub-folder of images per class (e.g. {folder}/cat/0001.png)"
         )
-    steps = [transforms.PILToTensor()]
-    if image_size is not None:  # shorter side to image_size, then the centre square
-        steps = [transforms.Resize(image_size), transforms.CenterCrop(image_size), *steps]
-    try:
-        return datasets.ImageFolder(str(folder), transform=transforms.Compose(steps))
+    try:  # each image read as what it is (images.read_image: 16-bit, float, alpha, palette)
+        return datasets.ImageFolder(
+            str(folder), transform=_folder_image(image_size), loader=read_image
+        )
     except (FileNotFoundError, OSError) as err:  # no class folders, or no images in them
         raise VaePyroError(f"no images found in {folder}: {err}") from None
 
@@ -295,9 +415,12 @@ def _folder_split(folder: Path, image_size: int | None) -> datasets.ImageFolder:
 def _image_folder_splits(path: Path, image_size: int | None) -> Splits:
     """torchvision ImageFolder over path/train and path/test, decoded once into uint8 tensors.
 
-    Images are read as RGB; when every image is grey (R = G = B) one channel is kept. Labels
-    are train's class indices (a test class without training images is an error).
+    Images are read by images.read_image, as RGB; when every image is grey (R = G = B) one
+    channel is kept. Labels are train's class indices (a test class without training images is
+    an error).
     """
+    from PIL.Image import DecompressionBombError
+
     train, test = (_folder_split(path / split, image_size) for split in ("train", "test"))
     unknown = sorted(set(test.classes) - set(train.classes))
     if unknown:
@@ -309,7 +432,9 @@ def _image_folder_splits(path: Path, image_size: int | None) -> Splits:
         for i, (file, _) in enumerate(ds.samples):
             try:
                 img = ds[i][0]
-            except OSError as err:  # PIL's UnidentifiedImageError is an OSError
+            # PIL's errors: UnidentifiedImageError (an OSError), truncated data (OSError),
+            # a damaged chunk (SyntaxError, ValueError), too many pixels (DecompressionBombError)
+            except (OSError, SyntaxError, ValueError, DecompressionBombError) as err:
                 raise VaePyroError(f"cannot read image {file}: {err}") from None
             out.append(img)
             sizes[tuple(img.shape[1:])] += 1
@@ -322,6 +447,9 @@ def _image_folder_splits(path: Path, image_size: int | None) -> Splits:
             f"the images in {path} differ in size (H x W): {found}. Set data.image_size=N to "
             "resize them all (shorter side to N, then the centre N x N)"
         )
+    for split, found in (("train", images[0]), ("test", images[1])):
+        if not found:  # ImageFolder refuses empty class folders: a last guard
+            raise VaePyroError(f"{path / split} holds no images")
     x_train, x_test = torch.stack(images[0]), torch.stack(images[1])
     if (x_train == x_train[:, :1]).all() and (x_test == x_test[:, :1]).all():
         x_train, x_test = x_train[:, :1].contiguous(), x_test[:, :1].contiguous()
@@ -351,12 +479,26 @@ def _path(path: Path | None, name: str, what: str) -> Path:
 class Source(Protocol):
     """The interface of a dataset (data.name): the whole train and test splits as uint8
     (N, C, H, W) images and int64 labels, from torchvision's files under `root`, or from `path`
-    (an npz, an image folder) resized to `image_size` where the source reads it."""
+    (an npz, an image folder) resized to `image_size` where the source reads it. `reads` names
+    the ones it reads: a value given to another is refused (config.refuse_unread)."""
+
+    reads: tuple[str, ...]
 
     def __call__(self, root: Path, path: Path | None, image_size: int | None) -> Splits: ...
 
 
-def _torchvision_splits(name: str) -> Source:
+@dataclass(frozen=True)
+class _Reader:
+    """A Source: a function of (root, path, image_size) and which of them it reads."""
+
+    read: Callable[[Path, Path | None, int | None], Splits]
+    reads: tuple[str, ...]
+
+    def __call__(self, root: Path, path: Path | None, image_size: int | None) -> Splits:
+        return self.read(root, path, image_size)
+
+
+def _torchvision_splits(name: str) -> Callable[[Path, Path | None, int | None], Splits]:
     def read(root: Path, path: Path | None, image_size: int | None) -> Splits:
         return (
             *_torchvision_split(name, root, train=True),
@@ -366,15 +508,20 @@ def _torchvision_splits(name: str) -> Source:
     return read
 
 
-# data.name -> reader of (root, path, image_size) -> the four tensors. npz and image_folder read
-# data.path, the others data.root (cifar10 both). A new source: one reader and one YAML file.
+# data.name -> the reader of its four tensors. npz and image_folder read data.path, the others
+# data.root (cifar10 both). A new source: one reader and one YAML file.
 SOURCES: dict[str, Source] = {
-    "mnist": _torchvision_splits("mnist"),
-    "fashion_mnist": _torchvision_splits("fashion_mnist"),
-    "cifar10": lambda root, path, size: _cifar10_splits(root, path),
-    "npz": lambda root, path, size: _npz_splits(_path(path, "npz", "an .npz file")),
-    "image_folder": lambda root, path, size: _image_folder_splits(
-        _path(path, "image_folder", "a folder holding train/ and test/"), size
+    "mnist": _Reader(_torchvision_splits("mnist"), ("root",)),
+    "fashion_mnist": _Reader(_torchvision_splits("fashion_mnist"), ("root",)),
+    "cifar10": _Reader(lambda root, path, size: _cifar10_splits(root, path), ("root", "path")),
+    "npz": _Reader(
+        lambda root, path, size: _npz_splits(_path(path, "npz", "an .npz file")), ("path",)
+    ),
+    "image_folder": _Reader(
+        lambda root, path, size: _image_folder_splits(
+            _path(path, "image_folder", "a folder holding train/ and test/"), size
+        ),
+        ("path", "image_size"),
     ),
 }
 
@@ -398,7 +545,13 @@ def load_data(
     root = DEFAULT_ROOT if root is None else Path(root).expanduser()
     path = None if path is None else Path(path).expanduser()
     device = torch.device(device)
-    x_train, y_train, x_test, y_test = SOURCES[name](root, path, image_size)
+    splits = SOURCES[name](root, path, image_size)
+    x_train, y_train, x_test, y_test = splits
+    for split, x in (("training", x_train), ("test", x_test)):
+        if len(x) == 0:  # each source names its own empty file or folder; any other: here
+            raise VaePyroError(f"data.name={name} gave no {split} images ({path or root})")
+    source = str(path if path is not None and "path" in SOURCES[name].reads else root)
+    found = fingerprint(splits, source)
     if binarize == "static":
         x_train = _fixed_draw(x_train, STATIC_TRAIN_SEED)
     if subset is not None:
@@ -410,7 +563,10 @@ def load_data(
     if binarize != "none":
         x_test = _fixed_draw(x_test, TEST_SEED)
     return ImageData(
-        _to_device(x_train, y_train, device), _to_device(x_test, y_test, device), binarize
+        _to_device(x_train, y_train, device),
+        _to_device(x_test, y_test, device),
+        binarize,
+        found,
     )
 
 
@@ -448,3 +604,31 @@ def check_image_shape(data: ImageData, ckpt: Checkpoint) -> None:
 
     where = f"data.name={ckpt.data_config.name} now gives"
     checkpoint.check_image_shape(ckpt.path, ckpt.image_shape, data.image_shape, where)
+
+
+def check_data(data: ImageData, ckpt: Checkpoint, allow: bool, key: str) -> bool:
+    """The data a checkpoint's config names must still be the data it was trained on (its
+    Fingerprint): one clear error naming both, unless `key` (an override) is true. Returns
+    whether a difference was let through; a checkpoint without a fingerprint (older) is not
+    checked."""
+    saved = ckpt.data_fingerprint
+    if saved is None or data.fingerprint is None or saved["sha256"] == data.fingerprint.sha256:
+        return False
+    trained = Fingerprint(**saved)
+    cfg = ckpt.data_config
+    given = "data.path" if cfg.path is not None else "data.root"
+    if allow:
+        log.warning(
+            "%s=true: checkpoint %s was trained on data %s; %s now gives %s",
+            key,
+            ckpt.path,
+            trained,
+            given,
+            data.fingerprint,
+        )
+        return True
+    raise VaePyroError(
+        f"checkpoint {ckpt.path} was trained on data {trained}; {given} now gives "
+        f"{data.fingerprint}: the data changed since training. Restore the data the run was "
+        f"trained on, or give {key}=true to use these data anyway"
+    )

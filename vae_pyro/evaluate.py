@@ -13,14 +13,13 @@ computed from the VAE's own `prior`, `posterior` and `likelihood`, the distribut
 
 from __future__ import annotations
 
-import json
 import math
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pyro
-import pyro.distributions as dist
 import torch
 from omegaconf import DictConfig
 from pyro.infer import Trace_ELBO
@@ -29,9 +28,9 @@ from tqdm import tqdm
 from vae_pyro import cli
 from vae_pyro.checkpoint import load_vae
 from vae_pyro.config import EvaluateConfig, resolve_device, to_object
-from vae_pyro.data import check_image_shape, load_data_config
+from vae_pyro.data import check_data, check_image_shape, load_data_config
 from vae_pyro.errors import VaePyroError
-from vae_pyro.files import atomic_write, check_output
+from vae_pyro.files import check_output, json_record, write_failed, write_json
 from vae_pyro.model import VAE
 
 
@@ -48,33 +47,35 @@ def negative_elbo(vae: VAE, x: torch.Tensor, batch_size: int = 2000) -> float:
     return total / x.shape[0]
 
 
-def _log_likelihood(vae: VAE, flat: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """log p(x | z), (k, b), for flattened images (b, D) and particles (k, b, z_dim): the VAE's
-    own fast form (VAE.log_likelihood); any other model through its likelihood."""
+def _weigher(vae: VAE, x: torch.Tensor) -> Callable[..., tuple[dict, torch.Tensor]]:
+    """k -> (sites, log-weights (k, b)) for images x: the VAE's own (VAE.importance, every layer
+    of the hierarchy), or for any model with prior, posterior and likelihood the one-layer
+    log p(x | z) + log p(z) - log q(z | x)."""
     if isinstance(vae, VAE):
-        return vae.log_likelihood(z, flat)
-    return vae.likelihood(z).log_prob(flat)
+        return vae.importance(x)
+    b = x.shape[0]
+    flat, prior, posterior = x.reshape(b, -1), vae.prior(b, x), vae.posterior(x)
 
+    def weigh(k: int, given: Mapping[str, torch.Tensor] | None = None) -> tuple[dict, Any]:
+        z = given["latent"] if given else posterior.sample((k,))
+        log_w = vae.likelihood(z).log_prob(flat) + prior.log_prob(z) - posterior.log_prob(z)
+        return {"latent": z}, log_w
 
-def _log_weights(
-    vae: VAE,
-    flat: torch.Tensor,
-    prior: dist.Distribution,
-    posterior: dist.Distribution,
-    z: torch.Tensor,
-) -> torch.Tensor:
-    return _log_likelihood(vae, flat, z) + prior.log_prob(z) - posterior.log_prob(z)
+    return weigh
 
 
 @torch.no_grad()
-def log_weights(vae: VAE, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """log p(x, z) - log q(z | x) for particles z of shape (k, b, z_dim) of images x (b, ...).
+def log_weights(
+    vae: VAE, x: torch.Tensor, z: torch.Tensor | Mapping[str, torch.Tensor]
+) -> torch.Tensor:
+    """log p(x, z) - log q(z | x) at given particles of images x (b, ...): z (k, b, z_dim), or
+    with two layers a mapping of the sites' values ("latent": z2, "lower": z1).
 
     Returns (k, b): what importance_sample averages, the same numbers as the model trace's
     log-joint minus the guide trace's log-prob at z.
     """
-    b = x.shape[0]
-    return _log_weights(vae, x.reshape(b, -1), vae.prior(b, x), vae.posterior(x), z)
+    given = z if isinstance(z, Mapping) else {"latent": z}
+    return _weigher(vae, x)(given["latent"].shape[0], given)[1]
 
 
 def _chunks(num_particles: int, max_batch_elements: int) -> tuple[int, int]:
@@ -111,14 +112,12 @@ def importance_sample(
     )  # disable=None: a bar on a terminal, nothing in a log file
     for start in range(0, n, images):
         xb = x[start : start + images]
-        b = xb.shape[0]
-        flat, prior, posterior = xb.reshape(b, -1), vae.prior(b, xb), vae.posterior(xb)
+        b, weigh = xb.shape[0], _weigher(vae, xb)
         lse = xb.new_full((b,), -math.inf, dtype=torch.float64)  # log sum w
         lse2 = lse.clone()  # log sum w^2
         total = torch.zeros(b, dtype=torch.float64, device=xb.device)  # sum log w
         for k0 in range(0, num_particles, particles):
-            z = posterior.sample((min(particles, num_particles - k0),))
-            lw = _log_weights(vae, flat, prior, posterior, z).double()
+            lw = weigh(min(particles, num_particles - k0))[1].double()
             lse = torch.logaddexp(lse, lw.logsumexp(0))
             lse2 = torch.logaddexp(lse2, (2 * lw).logsumexp(0))
             total += lw.sum(0)
@@ -153,16 +152,17 @@ def summarize(stats: dict[str, torch.Tensor], num_particles: int) -> dict[str, f
     }
 
 
+# What evaluate writes: the only kind of file its output= ever replaces.
+RECORD = json_record("a JSON record of vae_pyro.evaluate (an object holding nll)", "nll")
+
+
 def _write_json(path: Path, record: dict[str, Any]) -> None:
-    """Temp file + rename: an interrupted write never leaves half a file; the user's umask."""
-    text = json.dumps(record, indent=2) + "\n"
+    """Temp file + rename (files.write_json): an interrupted write never leaves half a file;
+    null for NaN (the spread of one image), the user's umask."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda f: f.write(text.encode()))
+        write_json(path, record)
     except OSError as err:
-        raise VaePyroError(
-            f"could not write {path}: {err.strerror or err} (the numbers are printed above)"
-        ) from None
+        raise write_failed(path, err, "the numbers are printed above") from None
 
 
 def _report(record: dict[str, Any], out: Path) -> str:
@@ -180,18 +180,20 @@ def _report(record: dict[str, Any], out: Path) -> str:
 
 def evaluate(cfg: DictConfig | EvaluateConfig) -> dict[str, Any]:
     """Evaluate a run's checkpoint on its test set; print, write and return the record. An
-    output that exists (without overwrite=true) or cannot be written is refused before the work."""
+    output that exists (without overwrite=true), is not a record evaluate wrote, or cannot be
+    written is refused before the work (files.check_output)."""
     cfg = to_object(cfg, EvaluateConfig)
     device = resolve_device(cfg.device, key="device")
     run_dir = Path(cfg.run_dir).expanduser()
     if not run_dir.is_dir():
         raise VaePyroError(f"run directory not found: {run_dir} (run_dir= names a training run)")
     out = run_dir / cfg.output
-    check_output(out, cfg.overwrite, ", or choose another output=")
+    check_output(out, cfg.overwrite, RECORD, ", or choose another output=")
     vae, ckpt = load_vae(run_dir / "checkpoint.pt", device)
     # Only the test split is used: subset=1 keeps the unused training split small.
     data = load_data_config(ckpt.data_config, device, subset=1)
     check_image_shape(data, ckpt)
+    other_data = check_data(data, ckpt, cfg.allow_other_data, "allow_other_data")
     x = data.test.x if cfg.num_images is None else data.test.x[: cfg.num_images]
 
     pyro.set_rng_seed(cfg.seed)
@@ -204,6 +206,9 @@ def evaluate(cfg: DictConfig | EvaluateConfig) -> dict[str, Any]:
         "protocol": data.protocol,
         "likelihood": vae.likelihood_name,
         "num_images": x.shape[0],
+        # the data scored (data.Fingerprint), and whether it differs from the run's own
+        "data_fingerprint": None if data.fingerprint is None else data.fingerprint.as_dict(),
+        "data_mismatch_allowed": other_data,
         "num_particles": cfg.num_particles,
         "units": "nats per image; nll = -(IW estimate of log p(x)), K = num_particles",
         **summarize(stats, cfg.num_particles),

@@ -6,6 +6,11 @@ run. The OS drops the lock when its process dies, however it dies, so a killed r
 SLURM requeue) leaves nothing that blocks the next one; the file names the holder (pid and
 host) for the refusal message and is removed when the run ends. Only `checkpoint.pt` makes a
 dir "hold a run": the lock file never does.
+
+Every output of every command goes through `check_output` before the work (it replaces only a
+regular file of its own kind, never one of the run's own files) and `atomic_write` (a temp
+file beside it, renamed over it: an interrupted or failed write leaves the previous version
+and no temp file). JSON goes through `write_json`, which writes null for NaN and infinities.
 """
 
 from __future__ import annotations
@@ -13,15 +18,20 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import json
 import logging
+import math
 import os
 import secrets
+import signal
 import socket
+import stat
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from vae_pyro.errors import VaePyroError
 
@@ -31,6 +41,23 @@ except ImportError:  # Windows: no flock; runs go unlocked there
     fcntl = None
 
 LOCK_NAME = ".lock"
+# A run dir's own files and folders (train's, Hydra's, the sweep's status, sample's default
+# folder): no output of another command ever replaces them, whatever overwrite says.
+RUN_FILES = frozenset(
+    {
+        "checkpoint.pt",
+        "metrics.jsonl",
+        "train.log",
+        "status.json",
+        ".hydra",
+        "tensorboard",
+        "figures",
+        "samples",
+        LOCK_NAME,
+    }
+)
+# The PNG text chunk "Software" of every figure vae-pyro draws: what marks a PNG as its own.
+SOFTWARE = "vae_pyro"
 
 log = logging.getLogger(__name__)
 
@@ -190,20 +217,114 @@ def _temp_beside(path: Path) -> tuple[int, Path]:
     raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path.parent))
 
 
+class _Signalled(BaseException):
+    """A terminating signal that arrived while a file was written (_cleanup_on_signals)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+# Signals whose default action ends the process on the spot, temp file and all. SIGINT is not
+# here: Python already turns it into KeyboardInterrupt, which atomic_write cleans up after.
+_TERMINATING = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+@contextlib.contextmanager
+def _cleanup_on_signals() -> Iterator[None]:
+    """While a file is written: a terminating signal left at its default action raises instead,
+    so that the temp file is removed; then the process ends by that same signal (its status as
+    if it had not been caught). A handler someone installed (train's) is left as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Signalled(signum)
+
+    ours = [s for s in _TERMINATING if signal.getsignal(s) == signal.SIG_DFL]
+    for signum in ours:
+        signal.signal(signum, stop)
+    try:
+        yield
+    except _Signalled as caught:
+        for signum in ours:
+            signal.signal(signum, signal.SIG_DFL)
+        ours = []
+        signal.raise_signal(caught.signum)
+        raise  # only if the signal did not end the process
+    finally:
+        for signum in ours:
+            signal.signal(signum, signal.SIG_DFL)
+
+
+# Every file atomic_write completed in this process, in order: what an interrupted command
+# kept (cli.shell names them).
+WRITTEN: list[Path] = []
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:
     """write(f) into a temp file beside path, fsync, rename over path: a crash leaves the old
-    file or the new one, never half of one. OSError propagates; the temp file is removed."""
+    file or the new one, never half of one. OSError propagates; the temp file is removed, on
+    an error, Ctrl-C, SIGTERM or SIGHUP alike (only SIGKILL can leave one behind)."""
     path = Path(path)
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _cleanup_on_signals():
+        fd, tmp = _temp_beside(path)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            WRITTEN.append(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    with contextlib.suppress(OSError):  # the rename itself on disk; not every system can
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _finite(value: Any) -> Any:
+    """value with every NaN or infinite float as None (JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def to_json(value: Any, indent: int | None = None) -> str:
+    """Strict JSON text: NaN and infinities become null, never the bare NaN/Infinity that
+    Python's json writes and other readers refuse."""
+    return json.dumps(_finite(value), indent=indent, allow_nan=False)
+
+
+def write_json(path: str | os.PathLike, record: Any) -> None:
+    """One JSON document, indented, atomically (see to_json and atomic_write)."""
+    text = to_json(record, indent=2) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_failed(path: str | os.PathLike, err: OSError, note: str = "") -> VaePyroError:
+    """The one line of a write that failed (full disk, a file-size limit, a vanished folder):
+    the file, the reason, `note`, and what was kept (the previous version, if there was one:
+    atomic_write never leaves half a file)."""
+    path = Path(path)
+    kept = (
+        f"the previous {path.name} is unchanged"
+        if path.is_file()
+        else f"no {path.name} was written"
+    )
+    note = f" ({note})" if note else ""
+    return VaePyroError(f"could not write {path}: {err.strerror or err}{note}; {kept}")
 
 
 def check_writable(folder: str | os.PathLike) -> None:
@@ -222,10 +343,113 @@ def check_writable(folder: str | os.PathLike) -> None:
     tmp.unlink()
 
 
-def check_output(path: str | os.PathLike, overwrite: bool, hint: str = "") -> None:
-    """Before the work: refuse to replace an existing file unless overwrite, and check that
-    its folder can be written."""
+@dataclass(frozen=True)
+class Kind:
+    """What an output file is: `what` names it in refusals; `looks_like(path)` says whether an
+    existing regular file is one (the same command wrote it), the only files ever replaced."""
+
+    what: str
+    looks_like: Callable[[Path], bool]
+
+
+def _head(path: Path, limit: int = 1 << 20) -> bytes:
+    with path.open("rb") as f:
+        return f.read(limit)
+
+
+def json_record(what: str, *keys: str) -> Kind:
+    """A JSON object holding `keys`."""
+
+    def looks_like(path: Path) -> bool:
+        try:
+            record = json.loads(_head(path))
+        except (OSError, ValueError):
+            return False
+        return isinstance(record, dict) and all(k in record for k in keys)
+
+    return Kind(what, looks_like)
+
+
+def text_starting(what: str, prefix: str) -> Kind:
+    """A text file that begins with `prefix`."""
+
+    def looks_like(path: Path) -> bool:
+        try:
+            return _head(path, len(prefix.encode())) == prefix.encode()
+        except OSError:
+            return False
+
+    return Kind(what, looks_like)
+
+
+def png_software(path: Path) -> str | None:
+    """The "Software" text chunk of a PNG ("" without one); None for a file that is not a PNG."""
+    try:
+        head = _head(path)
+    except OSError:
+        return None
+    if not head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None
+    at = 8
+    while at + 8 <= len(head):
+        size, chunk = int.from_bytes(head[at : at + 4], "big"), head[at + 4 : at + 8]
+        if chunk == b"tEXt":
+            name, _, text = head[at + 8 : at + 8 + size].partition(b"\0")
+            if name == b"Software":
+                return text.decode("latin-1")
+        if chunk in (b"IDAT", b"IEND"):
+            break
+        at += 12 + size
+    return ""
+
+
+def _vae_pyro_png(path: Path) -> bool:
+    # "Matplotlib...": a figure drawn before vae-pyro tagged its PNGs
+    return (png_software(path) or "").startswith((SOFTWARE, "Matplotlib"))
+
+
+def png_figure(what: str) -> Kind:
+    """A PNG that vae-pyro drew (its Software chunk, see SOFTWARE)."""
+    return Kind(what, _vae_pyro_png)
+
+
+def _not_a_file(mode: int) -> str:
+    for test, said in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return said
+    return "not a regular file"
+
+
+def check_output(path: str | os.PathLike, overwrite: bool, kind: Kind, hint: str = "") -> None:
+    """Before the work, the one rule for every output: never one of a run's own files (by
+    name, RUN_FILES); only a regular file is ever replaced, and only one of its own `kind`, and
+    only with overwrite (commands that redraw their own figures pass True); its folder must be
+    writable. `hint` ends each refusal (e.g. ", or choose another output=")."""
     path = Path(path).expanduser()
-    if path.exists() and not overwrite:
+    if path.name in RUN_FILES:
+        said = hint or "; choose another name"
+        raise VaePyroError(f"{path} is a run's own {path.name}: no output replaces it{said}")
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as err:
+        raise VaePyroError(f"cannot write {path}: {err.strerror or err}") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise VaePyroError(
+            f"{path} is {_not_a_file(mode)}: an output replaces only a file it wrote{hint}"
+        )
+    if mode is not None and not overwrite:
         raise VaePyroError(f"{path} already exists; give overwrite=true to replace it{hint}")
+    if mode is not None and not kind.looks_like(path):
+        raise VaePyroError(
+            f"{path} exists and is not {kind.what}, so it is never replaced: move it away{hint}"
+        )
     check_writable(path.parent)

@@ -1,9 +1,15 @@
-"""Every figure. Uses matplotlib's object API (no pyplot state, no GUI backend) and make_grid."""
+"""Every figure. Uses matplotlib's object API (no pyplot state, no GUI backend) and image_grid.
+
+Every PNG is saved by `_save`: atomically (files.atomic_write), and tagged as vae-pyro's
+(files.SOFTWARE), which is what lets a later command replace it and nothing else.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import torch
@@ -11,18 +17,33 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
+from vae_pyro.files import SOFTWARE, atomic_write
 
-def _save(fig: Figure, path: Path) -> Path:
+
+def _save(fig: Figure, path: Path, **savefig: Any) -> Path:
+    """fig as a PNG at path, through a temp file beside it: an interrupted or failed save
+    leaves the previous figure as it was and no temp file (OSError propagates)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    options = {"dpi": 100, **savefig, "format": "png", "metadata": {"Software": SOFTWARE}}
+    atomic_write(path, lambda f: fig.savefig(f, **options))
     return path
 
 
-def image_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
-    """(N, C, H, W) in [0, 1] -> (H', W', 3) tensor for imshow (make_grid makes grey RGB)."""
-    from torchvision.utils import make_grid  # imported here: torchvision is slow to import
-
-    grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
+def image_grid(images: torch.Tensor, nrow: int, pad: int = 2) -> torch.Tensor:
+    """(N, C, H, W) in [0, 1] -> (H', W', 3) tensor for imshow: torchvision's make_grid(nrow,
+    padding=2, pad_value=1) pixel for pixel (grey made RGB; one image alone has no frame),
+    without importing torchvision, which is slow to import."""
+    x = images.detach().float().cpu().clamp(0, 1)
+    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    n, c, h, w = x.shape
+    if n == 1:
+        return x[0].permute(1, 2, 0)
+    cols = min(nrow, n)
+    rows = -(-n // cols)
+    grid = x.new_ones(c, rows * (h + pad) + pad, cols * (w + pad) + pad)
+    for k in range(n):
+        top, left = pad + (k // cols) * (h + pad), pad + (k % cols) * (w + pad)
+        grid[:, top : top + h, left : left + w] = x[k]
     return grid.permute(1, 2, 0)
 
 
@@ -41,7 +62,7 @@ def loss_curves(metrics: Sequence[dict], path: Path) -> Path:
     ax.set_ylabel("-ELBO (nats per image)")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return _save(fig, path, bbox_inches="tight")
 
 
 def reconstructions(inputs: torch.Tensor, recons: torch.Tensor, path: Path) -> Path:
@@ -53,7 +74,7 @@ def reconstructions(inputs: torch.Tensor, recons: torch.Tensor, path: Path) -> P
     ax.imshow(grid)
     ax.set_axis_off()
     ax.set_title("inputs (top) / reconstructions (bottom)", fontsize=9)
-    return _save(fig, path)
+    return _save(fig, path, bbox_inches="tight")
 
 
 # Image-grid figures for `python -m vae_pyro.sample`. Each is drawn pixel-exact: one image pixel is
@@ -61,6 +82,7 @@ def reconstructions(inputs: torch.Tensor, recons: torch.Tensor, path: Path) -> P
 # size follows from the grid alone. Any channel count and image size (C, H, W) works.
 DPI = 100
 TITLE_PX = 22  # band above the panels for their titles
+TITLE_PT = 9  # their font size
 GAP_PX = 12  # white space between side-by-side panels
 
 # model.likelihood -> what the figures call one draw of it ("a Bernoulli sample of each").
@@ -77,23 +99,29 @@ def rows_grid(rows: torch.Tensor) -> torch.Tensor:
 
 
 def _panels(panels: Sequence[tuple[torch.Tensor, str]], path: Path, scale: int = 1) -> Path:
-    """(H', W', 3) grids side by side, titled, each pixel upscaled scale x scale."""
+    """(H', W', 3) grids side by side, titled, each pixel upscaled scale x scale. Each panel is
+    at least as wide as its title, the grid centred under it, so titles never overlap."""
     grids = [g.repeat_interleave(scale, 0).repeat_interleave(scale, 1) for g, _ in panels]
-    width = sum(g.shape[1] for g in grids) + GAP_PX * (len(grids) - 1)
+    slots = [max(g.shape[1], _title_px(title)) for g, (_, title) in zip(grids, panels, strict=True)]
+    width = sum(slots) + GAP_PX * (len(grids) - 1)
     height = max(g.shape[0] for g in grids) + TITLE_PX
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     left = 0
-    for grid, (_, title) in zip(grids, panels, strict=True):
+    for grid, slot, (_, title) in zip(grids, slots, panels, strict=True):
         h, w = grid.shape[:2]
-        ax = fig.add_axes((left / width, (height - TITLE_PX - h) / height, w / width, h / height))
+        x0 = left + (slot - w) / 2
+        ax = fig.add_axes((x0 / width, (height - TITLE_PX - h) / height, w / width, h / height))
         ax.imshow(grid.numpy(), interpolation="nearest", aspect="auto")
         ax.set_axis_off()
-        x_mid, y_mid = (left + w / 2) / width, 1 - TITLE_PX / 2 / height
-        fig.text(x_mid, y_mid, title, ha="center", va="center", fontsize=9)
-        left += w + GAP_PX
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    return path
+        x_mid, y_mid = (left + slot / 2) / width, 1 - TITLE_PX / 2 / height
+        fig.text(x_mid, y_mid, title, ha="center", va="center", fontsize=TITLE_PT)
+        left += slot + GAP_PX
+    return _save(fig, path, dpi=DPI)
+
+
+def _title_px(title: str) -> int:
+    """A generous width in pixels of a title at TITLE_PT points (0.6 em per character)."""
+    return math.ceil(len(title) * 0.6 * TITLE_PT * DPI / 72) + 8
 
 
 def posterior_samples(
@@ -186,9 +214,7 @@ def latent_scatter(
     ax.set_ylabel(axis_labels[1])
     ax.set_title(title, fontsize=10)
     ax.legend(title="label", fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    return path
+    return _save(fig, path, dpi=DPI)
 
 
 def sweep_summary(rows: Sequence[dict], path: Path, title: str = "") -> Path:
@@ -232,4 +258,4 @@ def sweep_summary(rows: Sequence[dict], path: Path, title: str = "") -> Path:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, bbox_inches="tight")

@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 from vae_pyro import plots
 from vae_pyro.config import flatten
 from vae_pyro.errors import VaePyroError
-from vae_pyro.files import atomic_write
+from vae_pyro.files import atomic_write, check_output, png_figure, text_starting, write_failed
 
 COLUMNS = [
     "job",
@@ -50,6 +50,13 @@ COLUMNS = [
     "status",
     "error",
 ]
+# What report writes into the folder, and how to tell its own earlier ones (only those are
+# replaced; a file of the same name that report did not write is refused).
+OUTPUTS = {
+    "summary.csv": text_starting("a summary.csv of vae_pyro.report", "job,overrides,"),
+    "summary.md": text_starting("a summary.md of vae_pyro.report", "# Sweep summary: "),
+    "summary.png": png_figure("a figure vae_pyro drew (a PNG tagged Software=vae_pyro)"),
+}
 # Keys that never make runs differ in what they compute (where they run, how they resume).
 IGNORED = ("hydra.", "trainer.resume", "trainer.device", "trainer.dist_timeout_s")
 
@@ -343,21 +350,26 @@ def _summary_text(sweep_dir: Path, rows: Sequence[dict[str, Any]]) -> str:
 
 
 def write_report(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], str]:
-    """Write summary.csv, summary.md and summary.png into sweep_dir (each atomically); return
-    the rows and the text."""
+    """Write summary.csv, summary.md and summary.png into sweep_dir (each atomically, each
+    checked before any is written: files.check_output); return the rows and the text."""
     sweep_dir = Path(sweep_dir).expanduser()
     rows = summarize(sweep_dir)
     text = _summary_text(sweep_dir, rows)
-    try:
-        csv_bytes = _csv_text(rows).encode()
-        atomic_write(sweep_dir / "summary.csv", lambda f: f.write(csv_bytes))
-        md = (text + "\n![summary](summary.png)\n").encode()
-        atomic_write(sweep_dir / "summary.md", lambda f: f.write(md))
-        plots.sweep_summary(rows, sweep_dir / "summary.png", title=str(sweep_dir))
-    except OSError as err:
-        raise VaePyroError(
-            f"could not write the summary into {sweep_dir}: {err.strerror or err}"
-        ) from None
+    for name, kind in OUTPUTS.items():
+        check_output(sweep_dir / name, True, kind, " (or give another sweep_dir)")
+    csv_bytes = _csv_text(rows).encode()
+    md = (text + "\n![summary](summary.png)\n").encode()
+    writes = {
+        "summary.csv": lambda path: atomic_write(path, lambda f: f.write(csv_bytes)),
+        "summary.md": lambda path: atomic_write(path, lambda f: f.write(md)),
+        "summary.png": lambda path: plots.sweep_summary(rows, path, title=str(sweep_dir)),
+    }
+    for i, (name, write) in enumerate(writes.items()):
+        try:
+            write(sweep_dir / name)
+        except OSError as err:
+            done = ", ".join(list(writes)[:i]) or "none"
+            raise write_failed(sweep_dir / name, err, f"written before it: {done}") from None
     return rows, text
 
 
@@ -366,6 +378,8 @@ def _parse(argv: Sequence[str] | None) -> Path:
         prog="python -m vae_pyro.report",
         description="Summarise a folder of runs (a sweep's multirun/<date>/<time>, or outputs/): "
         "summary.csv, summary.md, summary.png in that folder.",
+        epilog="An error is one line on stderr and exit code 2; Ctrl-C / SIGTERM: 130 / 143. "
+        "VAE_PYRO_DEBUG=1 python -m vae_pyro.report ... prints the traceback too.",
     )
     parser.add_argument(
         "sweep_dir", metavar="sweep_dir=DIR", help="e.g. sweep_dir=multirun/2026-11-21/14-00-00"
@@ -393,4 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vae_pyro.cli import shell  # Ctrl-C, SIGTERM and any error: one line, as every command
+
+    with shell("report"):
+        raise SystemExit(main())

@@ -8,6 +8,7 @@ without importing the whole schema.
 
 # No `from __future__ import annotations`: OmegaConf reads the field types at runtime.
 import dataclasses
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any, ClassVar
 from omegaconf import MISSING
 
 from vae_pyro.errors import VaePyroError
+from vae_pyro.files import RUN_FILES
 
 
 class Choice(str, Enum):
@@ -44,11 +46,21 @@ DEVICE = Rule(
     "auto, cpu, cuda or cuda:N (auto = cuda when available)",
 )
 SEED = Rule(lambda v: 0 <= v < 2**32, "an integer from 0 to 4294967295")
+# A file name inside a folder the command names (evaluate's output): never a path elsewhere,
+# never one of the run's own files.
+FILE_NAME = Rule(
+    lambda v: v not in ("", ".", "..") and not set(v) & set("/\\\0") and v not in RUN_FILES,
+    "a file name inside run_dir (no /, \\ or ..), not one of the run's own files "
+    f"({', '.join(sorted(RUN_FILES))})",
+)
 
 
-def key(default: Any = MISSING, help: str = "", rule: Rule | None = None) -> Any:
-    """A schema field: its default, what it means (for --help) and its range."""
-    meta = {"help": help, "rule": rule}
+def key(
+    default: Any = MISSING, help: str = "", rule: Rule | None = None, path: bool = False
+) -> Any:
+    """A schema field: its default, what it means (for --help) and its range. `path`: a path
+    (or a list of paths) whose leading `~` is expanded, once, here, for every command."""
+    meta = {"help": help, "rule": rule, "path": path}
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -66,7 +78,15 @@ class Section:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
+            if f.metadata.get("path") and getattr(self, f.name) is not None:
+                setattr(self, f.name, _expand(getattr(self, f.name)))
             rule, value = f.metadata.get("rule"), getattr(self, f.name)
             if rule is not None and value is not None and not rule.ok(value):
                 shown = f"{self.PREFIX}{f.name}={format_value(value)}"
                 raise VaePyroError(f"{shown} is not allowed: use {rule.allowed}")
+
+
+def _expand(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    return os.path.expanduser(value) if isinstance(value, str) else value

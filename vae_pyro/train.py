@@ -27,16 +27,18 @@ from omegaconf import DictConfig
 from pyro.infer import SVI
 from pyro.optim import PyroOptim
 
-from vae_pyro import checkpoint, cli, distributed, files
+from vae_pyro import checkpoint, cli, distributed, files, loggers
 from vae_pyro.config import (
     TrainConfig,
     TrainerConfig,
     as_dict,
     config_diff,
+    flatten,
+    refuse_unread,
     resolve_device,
     to_object,
 )
-from vae_pyro.data import ImageData, load_data_config, one_per_class
+from vae_pyro.data import ImageData, check_data, load_data_config, one_per_class
 from vae_pyro.errors import TrainingInterrupted, VaePyroError
 from vae_pyro.evaluate import negative_elbo
 from vae_pyro.model import VAE, build_elbo, build_vae, kl_scale
@@ -127,7 +129,13 @@ class RunStart:
         a refusal is the same VaePyroError on each."""
         group = group or distributed.start(cfg.trainer.device, cfg.trainer.dist_timeout_s)
         run_dir, saved = group.decide(lambda: _decide(cfg.trainer, Path(run_dir), disposable))
-        return cls(run_dir, group, saved)
+        start = cls(run_dir, group, saved)
+        try:
+            _check_batches(cfg, saved)
+        except VaePyroError:
+            start.release()
+            raise
+        return start
 
     def done(self, epochs: int) -> bool:
         """Whether the checkpoint already has `epochs` epochs or more: nothing to train."""
@@ -138,6 +146,23 @@ class RunStart:
         if self._held:
             self._held = False
             self.writer.only(files.release, self.run_dir)
+
+
+def _check_batches(cfg: TrainConfig, saved: checkpoint.Checkpoint | None) -> None:
+    """A checkpoint written inside an epoch continues that epoch's order step by step: with
+    another data.batch_size the steps would not line up (images of the epoch skipped or seen
+    twice), so it is refused, as another subset or number of processes is."""
+    if saved is None or saved.position is None:
+        return
+    before, now = saved.data_config.batch_size, cfg.data.batch_size
+    if before != now:
+        epoch = saved.epoch + 1
+        raise VaePyroError(
+            f"{saved.path} stopped inside epoch {epoch} (step {saved.position.step}) with "
+            f"data.batch_size={before}, and this command has data.batch_size={now}: resume with "
+            f"data.batch_size={before}, or finish epoch {epoch} with it (trainer.epochs={epoch}) "
+            "and change it after"
+        )
 
 
 def _nothing_message(saved: checkpoint.Checkpoint) -> str:
@@ -199,8 +224,15 @@ class Run:
 
     def save(self, epochs_done: int, position: checkpoint.Position | None = None) -> None:
         def write() -> None:
+            fingerprint = None if self.data.fingerprint is None else self.data.fingerprint.as_dict()
             payload = checkpoint.build(
-                self.vae, self.optimizer, self.resolved, epochs_done, self.history, position
+                self.vae,
+                self.optimizer,
+                self.resolved,
+                epochs_done,
+                self.history,
+                position,
+                fingerprint,
             )
             checkpoint.save(self.checkpoint_path, payload)
 
@@ -277,6 +309,7 @@ def _restore(run: Run, saved: checkpoint.Checkpoint) -> None:
     """Phase 1 of a resumed run: weights, optimizer, RNG, history and position."""
     source = saved.path
     checkpoint.restore_training(run.vae, run.optimizer, saved)
+    check_data(run.data, saved, run.cfg.trainer.allow_other_data, "trainer.allow_other_data")
     run.history, run.done, run.position = list(saved.metrics), saved.epoch, saved.position
     run.last_saved = saved.epoch
     if run.position is not None and len(run.position.perm) != len(run.data.train):
@@ -358,14 +391,17 @@ def _evaluate(run: Run, record: dict[str, Any]) -> None:
 
 
 def _checkpoint(run: Run, record: dict[str, Any], stop: _StopFlag) -> None:
-    """Phase 4: record the epoch (metrics.jsonl, TensorBoard); a checkpoint every
-    trainer.checkpoint_every epochs, after the last and before an interruption takes effect."""
+    """Phase 4: record the epoch (metrics.jsonl, TensorBoard, logger=...; images every
+    trainer.image_every epochs); a checkpoint every trainer.checkpoint_every epochs, after the
+    last and before an interruption takes effect."""
     epoch, trainer = record["epoch"], run.cfg.trainer
     record = {k: record[k] for k in ("epoch", "train_loss", "test_loss", "seconds")}
     run.history.append(record)
-    run.writer.record(record, ("train_loss", "test_loss"), epoch)
+    # The checkpoint first: a write that fails (full disk) leaves metrics.jsonl without the epoch
+    # too, so the two always agree (a resumed run rewrites metrics.jsonl from the checkpoint).
     if epoch % trainer.checkpoint_every == 0 or epoch == trainer.epochs or stop.now():
         run.save(epoch)
+    run.writer.record(record, ("train_loss", "test_loss"), epoch)
     test = "-" if record["test_loss"] is None else f"{record['test_loss']:.2f}"
     run.writer.info(
         "epoch %d/%d  train %.2f  test %s  (%.1f s)",
@@ -377,6 +413,10 @@ def _checkpoint(run: Run, record: dict[str, Any], stop: _StopFlag) -> None:
     )
     if stop.now() is not None and epoch < trainer.epochs:
         raise stop.interrupted(f"after epoch {epoch}")
+    if loggers.image_epoch(epoch, trainer.epochs, trainer.image_every):  # after: not in a stop
+        run.writer.images(
+            epoch, lambda: loggers.progress_images(run.vae, _shown(run), run.cfg.seed)
+        )
 
 
 def _figures(run: Run) -> None:
@@ -384,8 +424,13 @@ def _figures(run: Run) -> None:
 
     figures = run.run_dir / "figures"
     plots.loss_curves(run.history, figures / "loss.png")
-    shown = run.data.test.x[one_per_class(run.data.test.y)]
+    shown = _shown(run)
     plots.reconstructions(shown, run.vae.reconstruct(shown), figures / "reconstructions.png")
+
+
+def _shown(run: Run) -> torch.Tensor:
+    """The test images the reconstructions show: the first of each class."""
+    return run.data.test.x[one_per_class(run.data.test.y)]
 
 
 def _finish(run: Run) -> float:
@@ -418,7 +463,8 @@ def train(
     """Train a VAE as configured; write artifacts to run_dir (locked meanwhile: see
     vae_pyro.files); return the final test loss. `start` is the run as the CLI claimed it;
     without it the run is claimed here, after the data's own checks."""
-    cfg = to_object(cfg, TrainConfig)
+    given, cfg = cfg, to_object(cfg, TrainConfig)
+    refuse_unread(given, TrainConfig)  # as cli.precheck: also for sweep jobs and Python callers
     group = (
         start.group if start else distributed.start(cfg.trainer.device, cfg.trainer.dist_timeout_s)
     )
@@ -441,25 +487,33 @@ def _train(cfg: TrainConfig, data: ImageData, start: RunStart) -> float:
     saved = start.saved
     if start.done(cfg.trainer.epochs):  # the run dir is left untouched
         checkpoint.restore_networks(run.vae, saved)  # but networks and data must still fit
+        check_data(run.data, saved, cfg.trainer.allow_other_data, "trainer.allow_other_data")
         run.writer.info(_nothing_message(saved))
         tested = [m["test_loss"] for m in saved.metrics if m["test_loss"] is not None]
         return tested[-1] if tested else math.nan
     if saved is not None:
         _restore(run, saved)
-    run.writer.info(
-        "training on %s: %d train / %d test images of shape %s; run dir %s",
-        data.train.x.device,
-        len(data.train),
-        len(data.test),
-        data.image_shape,
-        run.run_dir,
+    run.writer.info("training on %s: %s; run dir %s", data.train.x.device, _about(run), run.run_dir)
+    params = flatten(run.resolved)
+    with run.writer.open(run.history, run.done + 1, params, loggers.tracker(cfg.logger, params)):
+        with _StopFlag(run) as stop:
+            for epoch in range(run.done + 1, cfg.trainer.epochs + 1):
+                record = _run_epoch(run, epoch, stop)
+                _evaluate(run, record)
+                _checkpoint(run, record, stop)
+        return _finish(run)  # inside: the tracker's artifacts include the figures
+
+
+def _about(run: Run) -> str:
+    """The start-up line's data protocol and model variant."""
+    cfg, data = run.cfg, run.data
+    m, elbo = cfg.model, cfg.elbo
+    return (
+        f"{cfg.data.name} (binarize {cfg.data.binarize}), {len(data.train)} train / "
+        f"{len(data.test)} test images of shape {data.image_shape}, batch {cfg.data.batch_size}; "
+        f"{m.arch} z_dim {m.z_dim}, prior {m.prior.name}, posterior {m.posterior.name}, "
+        f"likelihood {m.likelihood}, objective {elbo.name} (K={elbo.num_particles})"
     )
-    with run.writer.open(run.history, run.done + 1), _StopFlag(run) as stop:
-        for epoch in range(run.done + 1, cfg.trainer.epochs + 1):
-            record = _run_epoch(run, epoch, stop)
-            _evaluate(run, record)
-            _checkpoint(run, record, stop)
-    return _finish(run)
 
 
 def main() -> None:
