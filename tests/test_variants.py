@@ -290,11 +290,46 @@ def test_sample_decodes_given_z_and_refuses_a_wrong_length(vamp_run, tmp_path):
         _sample(vamp_run, tmp_path, "z=[[0.1,0.2,0.3]]")
 
 
+def test_sample_decodes_codes_from_a_npy_file(vamp_run, tmp_path):
+    np = pytest.importorskip("numpy")
+    codes = tmp_path / "codes.npy"
+    np.save(codes, np.array([[0.28, 1.22, -0.46, 0.0], [1, 2, 3, 4]], dtype=np.float32))
+    by_file = _sample(vamp_run, tmp_path / "a", f"z_file={codes}")
+    by_list = _sample(vamp_run, tmp_path / "b", "z=[[0.28,1.22,-0.46,0],[1,2,3,4]]")
+    assert list(by_file) == ["decoded"]
+    assert by_file["decoded"].read_bytes() == by_list["decoded"].read_bytes()
+    from vae_pyro.errors import VaePyroError
+
+    np.save(codes, np.zeros((2, 3)))
+    with pytest.raises(VaePyroError, match="vector 0 has 3 numbers"):
+        _sample(vamp_run, tmp_path / "c", f"z_file={codes}")
+    with pytest.raises(VaePyroError, match="z and z_file both give latent vectors"):
+        _sample(vamp_run, tmp_path / "d", f"z_file={codes}", "z=[[0,0,0,0]]")
+    with pytest.raises(VaePyroError, match="z_file: no such file"):
+        _sample(vamp_run, tmp_path / "e", f"z_file={tmp_path / 'none.npy'}")
+
+
+def test_decoded_png_titles_fit_their_panels(tmp_path):
+    """One decoded vector makes a 30-pixel grid: each panel is widened to its title, so the two
+    titles cannot overlap."""
+    from vae_pyro import plots
+
+    means = torch.rand(1, 1, 28, 28)
+    path = plots.prior_samples(means, tmp_path / "d.png", means.bernoulli(), source="given z")
+    titles = ["decoder means, given z", "a Bernoulli sample of each"]
+    needed = sum(plots._title_px(title) for title in titles) + plots.GAP_PX
+    assert Image.open(path).size[0] >= needed > 2 * 30 + plots.GAP_PX
+
+
 def test_sample_encodes_the_users_images_converted_to_the_run(vamp_run, tmp_path):
     colour = tmp_path / "digit.png"
     Image.new("RGB", (40, 56), (200, 10, 30)).save(colour)  # colour, another size
-    written = _sample(vamp_run, tmp_path / "out", f"images=[{colour}]", "num_samples=4")
-    assert list(written) == ["posterior"]
+    out = tmp_path / "out"
+    standard = _sample(vamp_run, out, "num_samples=4")  # posterior.png of the test images
+    before = standard["posterior"].read_bytes()
+    written = _sample(vamp_run, out, f"images=[{colour}]", "num_samples=4")
+    assert list(written) == ["encoded"] and written["encoded"] == out / "encoded.png"
+    assert standard["posterior"].read_bytes() == before  # never replaced by the user's images
     from vae_pyro.errors import VaePyroError
 
     text = tmp_path / "notes.png"

@@ -60,8 +60,8 @@ class TrainedVAE:
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, distribution: bool = False) -> Any:
-        """q(z | x): its (mean, scale) for the diagonal Normal, or the distribution itself
-        (`distribution=True`; the only form for flow posteriors)."""
+        """q(z | x) (of the top layer, q(z2 | x), with two): its (mean, scale) for the diagonal
+        Normal, or the distribution itself (`distribution=True`; the only form for flows)."""
         q = self.vae.posterior(self._images(x))
         if distribution:
             return q
@@ -72,9 +72,10 @@ class TrainedVAE:
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The mean of p(x | z) for each latent vector, as images (N, C, H, W)."""
+        """The mean of p(x | z) for each latent vector, as images (N, C, H, W); with two layers
+        z is a point of the top layer, decoded through the mean of p(z1 | z2)."""
         z = torch.as_tensor(z, dtype=torch.float32, device=self.device).reshape(-1, self.z_dim)
-        return self.vae.likelihood(z).mean.reshape(-1, *self.image_shape)
+        return self.vae.likelihood(self.vae.descend(z)).mean.reshape(-1, *self.image_shape)
 
     @property
     def z_dim(self) -> int:
@@ -133,14 +134,17 @@ def fit(*overrides: str, run_dir: str | Path | None = None) -> TrainResult:
     same conf/), into run_dir (default outputs/<date>/<time>[_<experiment>])."""
     from hydra import compose, initialize_config_dir
 
+    from vae_pyro import runs
     from vae_pyro import train as training
     from vae_pyro.files import shipped
 
     with initialize_config_dir(version_base="1.3", config_dir=str(shipped("conf", "conf"))):
         cfg = compose(config_name="train", overrides=list(overrides))
-    run_dir = Path(run_dir) if run_dir is not None else _default_run_dir(list(overrides))
-    loss = training.train(cfg, run_dir)
-    return TrainResult(run_dir, loss)
+    if run_dir is None:  # a name of the same second is taken: the next (runs.next_free)
+        run_dir = runs.next_free(_default_run_dir(list(overrides)))
+    loss = training.train(cfg, Path(run_dir))
+    runs.mark_latest(run_dir)  # outputs/latest, for a run inside outputs/
+    return TrainResult(Path(run_dir), loss)
 
 
 def metrics(run_dir: str | Path) -> list[dict[str, Any]]:

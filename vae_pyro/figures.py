@@ -11,6 +11,7 @@ anything that does (data, model) at import time, and matplotlib only when a figu
 """
 
 # No `from __future__ import annotations`: OmegaConf reads the sections' field types at runtime.
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -25,6 +26,8 @@ from vae_pyro.schema import POSITIVE, Choice, Rule, Section, int_at_least, key
 if TYPE_CHECKING:
     from vae_pyro.data import Split
     from vae_pyro.model import VAE
+
+log = logging.getLogger(__name__)
 
 
 # --- the registry ----------------------------------------------------------------------------
@@ -43,8 +46,13 @@ class Scene:
 
     @property
     def requested(self) -> bool:
-        """The command named latent vectors (z=) or image files (images=): only their figures."""
-        return self.cfg.z is not None or self.cfg.images is not None
+        """The command named latent vectors (z=, z_file=) or image files (images=): only their
+        figures."""
+        return self.given_codes or self.cfg.images is not None
+
+    @property
+    def given_codes(self) -> bool:
+        return self.cfg.z is not None or self.cfg.z_file is not None
 
     def path(self, name: str) -> Path:
         return self.out / f"{name}.png"
@@ -60,12 +68,15 @@ class Scene:
 
     @cached_property
     def inputs(self) -> torch.Tensor:
-        """posterior.png's images: the given image files, else the chosen test images."""
+        """The images to encode: the given image files (encoded.png), else the chosen test
+        images (posterior.png)."""
         if self.cfg.images is None:
             return self.test.x[self.indices]
         device = next(self.vae.parameters()).device
         shape = self.vae.image_shape
-        return torch.stack([read_image(Path(p), shape) for p in self.cfg.images]).to(device)
+        x = torch.stack([read_image(Path(p), shape) for p in self.cfg.images])
+        warn_light_background(list(self.cfg.images), x, self.test.x)
+        return x.to(device)
 
 
 Draw = Callable[[Scene, Any], Path]
@@ -135,8 +146,9 @@ def posterior_draws(vae: "VAE", x: torch.Tensor, num_samples: int) -> tuple[torc
     """Means of p(x|z) at `num_samples` draws z ~ q(z|x) per image, and one draw of each.
 
     Both are (n, num_samples, C, H, W): the spread shows the posterior's uncertainty in pixels.
+    With two stochastic layers the draws go through both, z1 ~ q(z1 | x, z2), z2 ~ q(z2 | x).
     """
-    z = vae.posterior(x).sample((num_samples,)).transpose(0, 1)  # (n, k, z_dim)
+    z = vae.posterior_sample(x, num_samples).transpose(0, 1)  # (n, k, decoder z dims)
     return _means_and_draws(vae, z)
 
 
@@ -151,19 +163,22 @@ def interpolate(vae: "VAE", x_a: torch.Tensor, x_b: torch.Tensor, steps: int) ->
     """Decoder means at `steps` evenly spaced points from code(x_a) to code(x_b), ends included.
 
     Uses the posteriors' codes (their means for a diagonal Normal), no sampling, so the figure
-    does not depend on the seed. Returns (n, steps, C, H, W) for n pairs.
+    does not depend on the seed; with two layers the line runs in the top layer, each point
+    decoded through the mean of p(z1 | z2). Returns (n, steps, C, H, W) for n pairs.
     """
     z_a, z_b = vae.code(x_a), vae.code(x_b)
     t = torch.linspace(0, 1, steps, device=z_a.device).view(1, steps, 1)
     z = (1 - t) * z_a.unsqueeze(1) + t * z_b.unsqueeze(1)
-    return vae.likelihood(z).mean.reshape(x_a.shape[0], steps, *vae.image_shape)
+    return vae.likelihood(vae.descend(z)).mean.reshape(x_a.shape[0], steps, *vae.image_shape)
 
 
 @torch.no_grad()
-def posterior_means(vae: "VAE", x: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
-    """The posterior's code (z_loc for a diagonal Normal) of every image, (N, z_dim);
-    batch_size only bounds memory."""
-    return torch.cat([vae.code(xb) for xb in x.split(batch_size)])
+def posterior_means(
+    vae: "VAE", x: torch.Tensor, batch_size: int = 2000, layer: int | None = None
+) -> torch.Tensor:
+    """The posterior's code (z_loc for a diagonal Normal) of every image, (N, dims), of the top
+    layer or of `layer` (VAE.code); batch_size only bounds memory."""
+    return torch.cat([vae.code(xb, layer) for xb in x.split(batch_size)])
 
 
 def tsne_2d(z: torch.Tensor, seed: int) -> torch.Tensor:
@@ -203,7 +218,7 @@ def manifold(vae: "VAE", steps: int, quantile: float = 0.05) -> tuple[torch.Tens
     values = grid_values(steps, quantile).to(next(vae.parameters()).device)
     z1, z2 = torch.meshgrid(values, values.flip(0), indexing="xy")
     z = torch.stack([z1, z2], dim=-1).reshape(-1, 2)
-    images = vae.likelihood(z).mean.reshape(steps, steps, *vae.image_shape)
+    images = vae.likelihood(vae.descend(z)).mean.reshape(steps, steps, *vae.image_shape)
     return images, float(values[-1])
 
 
@@ -218,38 +233,83 @@ def check_indices(items: list[int], key: str, n: int) -> list[int]:
 
 
 def read_image(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
-    """An image file as (C, H, W) in [0, 1], converted to the run's channels and size (the
-    shorter side resized, then the centre crop, as data=image_folder does)."""
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
+    """An image file as (C, H, W) in [0, 1], read as data=image_folder reads it
+    (images.read_image: 16-bit, float, palette, alpha, CMYK by their own meaning), converted to
+    the run's channels and size (the shorter side resized, then the centre crop)."""
+    from PIL import Image
+
+    from vae_pyro import images
 
     c, h, w = shape
     if c not in (1, 3):
         raise VaePyroError(f"images: this run's images have {c} channels; only 1 or 3 convert")
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if c == 1 else "RGB")
+        x = images.read_image(path)
     except FileNotFoundError:
         raise VaePyroError(f"images: no such file {path}") from None
-    except (UnidentifiedImageError, OSError) as err:
+    # UnidentifiedImageError and truncated data are OSErrors; a damaged chunk is a SyntaxError
+    # or ValueError; too many pixels a DecompressionBombError
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise VaePyroError(f"images: cannot read {path} as an image ({err})") from None
-    if img.size != (w, h):
-        img = center_crop(resize(img, min(h, w)), [h, w])
-    return pil_to_tensor(img).float() / 255
+    return images.fit(images.with_channels(x, c), h, w)
+
+
+def warn_light_background(paths: list[str], x: torch.Tensor, test: torch.Tensor) -> None:
+    """A logged warning for each input image whose background (its border's mean) is light
+    while the run's images' is dark: dark ink on white paper, which the model never saw."""
+    from vae_pyro.images import border_mean
+
+    trained = border_mean(test[:1000])
+    if trained >= 0.5:
+        return
+    for path, image in zip(paths, x, strict=True):
+        given = border_mean(image)
+        if given > 0.5:
+            log.warning(
+                "images: %s looks like dark ink on a light background (border mean %.2f), "
+                "unlike the training images (%.2f, light on dark): invert it (e.g. "
+                "PIL.ImageOps.invert(image), or 255 - pixels) for a faithful encoding",
+                path,
+                given,
+                trained,
+            )
 
 
 def given_z(scene: Scene) -> torch.Tensor:
-    """The latent vectors of z=, each checked against the run's z_dim."""
+    """The latent vectors of z= or z_file=, each checked against the run's z_dim."""
     z_dim = scene.vae.z_dim
-    for i, vector in enumerate(scene.cfg.z):
+    if scene.cfg.z is not None and scene.cfg.z_file is not None:
+        raise VaePyroError("z and z_file both give latent vectors: give one of them")
+    vectors = scene.cfg.z if scene.cfg.z_file is None else read_codes(Path(scene.cfg.z_file))
+    for i, vector in enumerate(vectors):
         if len(vector) != z_dim:
             raise VaePyroError(
                 f"z: vector {i} has {len(vector)} numbers; this run's latent space has "
                 f"z_dim={z_dim} (give {z_dim} numbers per vector)"
             )
-    return torch.tensor(
-        scene.cfg.z, dtype=torch.float32, device=next(scene.vae.parameters()).device
-    )
+    return torch.tensor(vectors, dtype=torch.float32, device=next(scene.vae.parameters()).device)
+
+
+def read_codes(path: Path) -> list[list[float]]:
+    """Latent vectors from a .npy file of shape (N, z_dim) (or one vector, (z_dim,)): finite
+    numbers, as numpy.save writes them (no pickles)."""
+    import numpy as np
+
+    try:
+        codes = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise VaePyroError(f"z_file: no such file {path}") from None
+    except (OSError, ValueError) as err:
+        raise VaePyroError(f"z_file: cannot read {path} as a .npy array ({err})") from None
+    codes = codes.reshape(1, -1) if codes.ndim == 1 else codes
+    if codes.ndim != 2 or codes.shape[0] == 0 or codes.dtype.kind not in "biuf":
+        raise VaePyroError(
+            f"z_file: {path} holds a {codes.dtype} array of shape {codes.shape}; "
+            "give numbers of shape (N, z_dim)"
+        )
+    if not np.isfinite(codes).all():
+        raise VaePyroError(f"z_file: {path} holds non-finite numbers (nan or inf)")
+    return codes.astype(float).tolist()
 
 
 def _word(vae: "VAE") -> str:
@@ -287,28 +347,38 @@ def _decoded_grid(
     )
 
 
-@figure("decoded", when=lambda scene: scene.cfg.z is not None, check=lambda s, _: given_z(s))
+@figure("decoded", when=lambda scene: scene.given_codes, check=lambda s, _: given_z(s))
 def draw_decoded(scene: Scene, _: None) -> Path:
-    """Decoder means of the vectors of z=, laid out as prior.png."""
-    means, draws = _means_and_draws(scene.vae, given_z(scene))
+    """Decoder means of the vectors of z= or z_file=, laid out as prior.png."""
+    means, draws = _means_and_draws(scene.vae, scene.vae.descend(given_z(scene)))
     return _decoded_grid(scene, "decoded", means, draws, "given z")
 
 
-@figure(
-    "posterior",
-    when=lambda scene: scene.cfg.z is None or scene.cfg.images is not None,
-    check=lambda scene, _: scene.inputs,
-)
-def draw_posterior(scene: Scene, _: None) -> Path:
-    """Each input (the chosen test images or the files of images=) beside decoder means of
-    `num_samples` draws z ~ q(z|x) and one draw of p(x|z) of each."""
+def _encode(scene: Scene, name: str) -> Path:
+    """Each input beside decoder means of `num_samples` draws z ~ q(z|x) and one draw of p(x|z)
+    of each."""
     from vae_pyro import plots
 
     x, cfg = scene.inputs, scene.cfg
     means, draws = posterior_draws(scene.vae, x, cfg.num_samples)
-    return plots.posterior_samples(
-        x, means, draws, scene.path("posterior"), cfg.scale, _word(scene.vae)
-    )
+    return plots.posterior_samples(x, means, draws, scene.path(name), cfg.scale, _word(scene.vae))
+
+
+@figure("posterior", check=lambda scene, _: scene.inputs)
+def draw_posterior(scene: Scene, _: None) -> Path:
+    """The chosen test images, encoded and decoded (_encode)."""
+    return _encode(scene, "posterior")
+
+
+@figure(
+    "encoded",
+    when=lambda scene: scene.cfg.images is not None,
+    check=lambda scene, _: scene.inputs,
+)
+def draw_encoded(scene: Scene, _: None) -> Path:
+    """The image files of images=, encoded and decoded as posterior.png's test images are, in a
+    file of their own: posterior.png is never replaced by them."""
+    return _encode(scene, "encoded")
 
 
 @figure("prior", PriorFigure)
@@ -359,6 +429,22 @@ class LatentMethod(Choice):
 @dataclass
 class LatentFigure(Section):
     method: LatentMethod = key(LatentMethod.pca, "latent.png for z_dim > 2: PCA | t-SNE")
+    layer: int | None = key(
+        None,
+        "whose codes: null = the top layer (z, or z2 of two), 1 = z1 of a two-layer model",
+        Rule(lambda v: v in (1, 2), "1 or 2"),
+    )
+
+
+def _layer(scene: Scene, opts: LatentFigure) -> int:
+    """latent.layer, checked against the run's stochastic layers (the top one by default)."""
+    layers = scene.vae.layers
+    if opts.layer is not None and opts.layer > layers:
+        raise VaePyroError(
+            f"latent.layer={opts.layer}: this run has {layers} stochastic layer"
+            f"{'s' if layers > 1 else ''} (model.latent_layers={layers}); give 1 or leave it out"
+        )
+    return layers if opts.layer is None else opts.layer
 
 
 def _embedding(z: torch.Tensor, method: LatentMethod, seed: int) -> tuple[Any, ...]:
@@ -370,24 +456,28 @@ def _embedding(z: torch.Tensor, method: LatentMethod, seed: int) -> tuple[Any, .
     return points, axes, "PCA"
 
 
-@figure("latent", LatentFigure)
+@figure("latent", LatentFigure, check=_layer)
 def draw_latent(scene: Scene, opts: LatentFigure) -> Path:
-    """The codes of every test image coloured by label: the plane itself for z_dim = 2 (with
-    manifold.png's square), against the label for z_dim = 1, else their PCA or t-SNE."""
+    """The codes of every test image coloured by label: the plane itself for 2 dims (with
+    manifold.png's square), against the label for 1, else their PCA or t-SNE. With two
+    stochastic layers, of the top one or of latent.layer."""
     from vae_pyro import plots
 
-    vae, test, path = scene.vae, scene.test, scene.path("latent")
-    z = posterior_means(vae, test.x)
+    vae, test, path, layer = scene.vae, scene.test, scene.path("latent"), _layer(scene, opts)
+    z = posterior_means(vae, test.x, layer=layer)
     title = f"posterior means of {len(test)} test images"
-    if vae.z_dim == 2:
+    if vae.layers == 2:
+        title = f"{title} (z{layer})"
+    dims = z.shape[1]
+    if dims == 2 and layer == vae.layers:
         grid = scene.cfg.manifold
         box = float(grid_values(grid.steps, grid.quantile)[-1])
         return plots.latent_scatter(z, test.y, path, title=title, box=box)
-    if vae.z_dim == 1:
+    if dims == 1:
         points = torch.cat([z, test.y.unsqueeze(1).float()], 1)
         return plots.latent_scatter(points, test.y, path, ("z1", "label"), title)
     points, axes, method = _embedding(z, opts.method, scene.cfg.seed)
-    title = f"{title}, {method} of {vae.z_dim} dims"
+    title = f"{title}, {method} of {dims} dims"
     return plots.latent_scatter(points, test.y, path, axes, title)
 
 
@@ -397,7 +487,9 @@ class ManifoldFigure(Section):
     quantile: float = key(
         0.02,
         "the grid spans the N(0, 1) quantiles q ... 1 - q",
-        Rule(lambda v: 0 < v < 0.5, "a number in (0, 0.5)"),
+        # below 1e-6 float32 rounds q to 0 (a grid from -inf to inf); above 0.49 the grid
+        # shrinks to a point (a title "from -0.00 to 0.00")
+        Rule(lambda v: 1e-6 <= v <= 0.49, "a number from 0.000001 to 0.49"),
     )
 
 

@@ -1,0 +1,366 @@
+"""What a run shows beside its files: TensorBoard's images and HPARAMS tab, and an optional
+experiment tracker (logger=mlflow) that gets the run's parameters, per-epoch metrics and
+artifacts, so that runs and the jobs of sweeps compare side by side.
+
+Everything here is called through distributed.Writer, so that rank 0 alone writes. A tracker
+is a `Tracker`: built cheaply on every rank from the config, started by rank 0 alone. mlflow is
+imported only when logger=mlflow (the `mlflow` extra); without it the schema refuses
+logger=mlflow before any work. Adding a tracker is one class, its entry in LOGGERS and
+conf/logger/<name>.yaml.
+"""
+
+# No `from __future__ import annotations`: OmegaConf reads LoggerConfig's field types at runtime.
+import contextlib
+import importlib.util
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import torch
+
+from vae_pyro.errors import TrainingInterrupted, VaePyroError
+from vae_pyro.files import atomic_write
+from vae_pyro.schema import Choice, Rule, Section, key
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; parallel jobs there open the store unguarded
+    fcntl = None
+
+if TYPE_CHECKING:
+    from vae_pyro.model import VAE
+
+log = logging.getLogger(__name__)
+
+METRICS = ("train_loss", "test_loss", "seconds")  # a metrics.jsonl record's numbers
+INSTALL = 'pip install "vae-pyro[mlflow]" (in a clone: pip install -e ".[mlflow]")'
+IMAGE_TIMES = 5  # trainer.image_every=null: this many evenly spaced epochs, the last included
+PRIOR_DRAWS = 64
+
+
+# --- TensorBoard -------------------------------------------------------------------------------
+
+
+def image_epoch(epoch: int, epochs: int, every: int | None) -> bool:
+    """Whether TensorBoard gets images after `epoch` (trainer.image_every: every N epochs and
+    after the last; null: IMAGE_TIMES evenly spaced epochs, the last included; 0: never)."""
+    if every == 0:
+        return False
+    if every is None:
+        return epoch in {math.ceil(k * epochs / IMAGE_TIMES) for k in range(1, IMAGE_TIMES + 1)}
+    return epoch % every == 0 or epoch == epochs
+
+
+def progress_images(vae: "VAE", shown: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+    """Grids (make_grid) of `shown` test images over their reconstructions, and of prior
+    draws. The draws use their own seed and leave the training's random state as it was: the
+    same z from epoch to epoch (the decoder's progress, not new noise), and a run's numbers do
+    not depend on whether it shows images."""
+    from torchvision.utils import make_grid  # imported here: torchvision is slow to import
+
+    device = shown.device
+    with torch.random.fork_rng([device] if device.type == "cuda" else []), torch.no_grad():
+        torch.manual_seed(seed)
+        pairs = torch.cat([shown, vae.reconstruct(shown)])
+        draws = vae.sample_prior(PRIOR_DRAWS)
+
+    def grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
+        return make_grid(images.float().cpu().clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
+
+    return {
+        "reconstructions": grid(pairs, len(shown)),
+        "prior_draws": grid(draws, math.isqrt(PRIOR_DRAWS)),
+    }
+
+
+def hparam_value(value: Any) -> int | float | str:
+    """A config value as MLflow's params and the HPARAMS tab take it: numbers and strings as
+    they are, anything else (true, a list, null) as the text a command line would carry."""
+    if isinstance(value, bool) or value is None or not isinstance(value, int | float | str):
+        return json.dumps(value)
+    return value
+
+
+def hparams_summaries(params: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The HPARAMS tab's (session start, session end) summaries of the flattened config, for the
+    run's own event files (SummaryWriter.add_hparams would make a sub-run with copies of the
+    metrics). No experiment summary: TensorBoard then makes the table from every run under its
+    --logdir, with the scalars (train_loss, test_loss) as the metrics; a null key is left out,
+    so that a number stays a number across runs."""
+    from torch.utils.tensorboard.summary import hparams
+
+    values = {k: hparam_value(v) for k, v in params.items() if v is not None}
+    _, start, end = hparams(values, {})
+    return start, end
+
+
+# --- experiment trackers -----------------------------------------------------------------------
+
+
+class Tracker(Protocol):
+    """An experiment tracker as distributed.Writer drives it (rank 0 alone)."""
+
+    def start(self, run_dir: Path, history: list[dict]) -> None:
+        """Open the run (a resumed one continues its own) and log what it has not got of
+        `history` (the checkpoint's epochs); a VaePyroError if the tracker cannot be used."""
+
+    def log(self, record: dict[str, Any], step: int) -> None:
+        """One epoch's metrics."""
+
+    def end(self, error: BaseException | None) -> None:
+        """The run's files as artifacts, and its end: finished, or how it stopped."""
+
+
+def _store(tracking_uri: str | None) -> str:
+    """logger.tracking_uri; null: MLflow's own local default, sqlite:///mlflow.db in the working
+    directory (its artifacts in mlruns/ beside it), resolved once so that every job agrees."""
+    return tracking_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def _needs(uri: str) -> list[str]:
+    """The modules logging to `uri` imports (a SQL store: SQLAlchemy and its migrations)."""
+    sql = re.match(r"(sqlite|postgresql|mysql|mssql)(\+\w+)?://", uri) is not None
+    return ["mlflow", *(["sqlalchemy", "alembic"] if sql else [])]
+
+
+@contextlib.contextmanager
+def _one_at_a_time(uri: str) -> Iterator[None]:
+    """For a local SQLite store, an exclusive lock (<file>.lock beside it) while a run opens it:
+    MLflow makes a new store by migrations that fail when two processes run them at once (the
+    parallel jobs of a sweep), and two jobs must not both make one experiment."""
+    if fcntl is None or not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri[len("sqlite:///") :]).absolute()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return " ".join(text.splitlines()[0].split()) if text else type(err).__name__
+
+
+class MlflowTracker:
+    """One MLflow run per training run (per job of a sweep, all in one experiment): params (the
+    flattened config), metrics per epoch, and at the end figures/, metrics.jsonl, eval*.json
+    and .hydra/ as artifacts. The MLflow run's id is kept in <run_dir>/mlflow.json, so a resumed
+    run continues it. A failure to log during training is a warning, not the end of the
+    training: metrics.jsonl holds every epoch whatever happens to the tracking store."""
+
+    def __init__(self, cfg: "LoggerConfig", params: Mapping[str, Any]) -> None:
+        self.cfg, self.uri = cfg, _store(cfg.tracking_uri)
+        self.params = {k: str(hparam_value(v)) for k, v in params.items()}
+        self.client: Any = None
+        self.run_id = ""
+        self.run_dir = Path()
+
+    def start(self, run_dir: Path, history: list[dict]) -> None:
+        from mlflow.exceptions import MlflowException  # imported here: only for logger=mlflow
+
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # a new store's migrations
+        try:
+            with _one_at_a_time(self.uri):
+                self._start(run_dir, history)
+        except (MlflowException, OSError) as err:
+            raise VaePyroError(
+                f"logger=mlflow: cannot log to {self.uri}: {_one_line(err)}"
+            ) from err
+
+    def _start(self, run_dir: Path, history: list[dict]) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.client, self.run_dir = MlflowClient(tracking_uri=self.uri), run_dir
+        own = self._own_run(run_dir / "mlflow.json")
+        if own is not None:
+            self.run_id = own
+            self.client.update_run(own, status="RUNNING")
+        else:
+            tags = _hydra_tags(run_dir)
+            name = tags.pop("mlflow.runName")
+            run = self.client.create_run(self._experiment(), run_name=name, tags=tags)
+            self.run_id = run.info.run_id
+            text = json.dumps({"tracking_uri": self.uri, "run_id": self.run_id}) + "\n"
+            atomic_write(run_dir / "mlflow.json", lambda f: f.write(text.encode()))
+        self._log_params()
+        logged = {m.step for m in self.client.get_metric_history(self.run_id, "train_loss")}
+        self._metrics([r for r in history if r["epoch"] not in logged])
+        log.info("logger=mlflow: run %s in %s", self.run_id, self.uri)
+
+    def _own_run(self, path: Path) -> str | None:
+        """The MLflow run this run dir started in this store, if it is still there."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            saved = json.loads(path.read_text())
+            if saved["tracking_uri"] != self.uri:
+                return None
+            run = self.client.get_run(saved["run_id"])
+        except (OSError, ValueError, KeyError, TypeError, MlflowException):
+            return None
+        return run.info.run_id if run.info.lifecycle_stage == "active" else None
+
+    def _experiment(self) -> str:
+        """The id of the experiment (made if new: its artifacts beside a local SQL store)."""
+        from mlflow.exceptions import MlflowException
+
+        hydra = _hydra(self.run_dir)
+        chosen = hydra.runtime.choices.get("experiment") if hydra is not None else None
+        name = self.cfg.experiment or chosen or "vae-pyro"
+        found = self.client.get_experiment_by_name(name)
+        if found is None:
+            try:
+                where = _artifacts(self.uri, name)
+                return self.client.create_experiment(name, artifact_location=where)
+            except MlflowException:  # a parallel sweep job made it first
+                found = self.client.get_experiment_by_name(name)
+                if found is None:
+                    raise
+        if found.lifecycle_stage != "active":
+            raise VaePyroError(
+                f"logger=mlflow: experiment {name!r} is deleted in {self.uri}; restore it "
+                "(mlflow experiments restore) or choose another with logger.experiment=NAME"
+            )
+        return found.experiment_id
+
+    def _log_params(self) -> None:
+        """The config's keys the run has not got yet (MLflow keeps a param's first value: a run
+        resumed with other settings keeps the ones it started with; the log says what changed)."""
+        from mlflow.entities import Param
+
+        have = self.client.get_run(self.run_id).data.params
+        new = [Param(k, v) for k, v in self.params.items() if k not in have]
+        for i in range(0, len(new), 100):  # MLflow's limit per batch
+            self.client.log_batch(self.run_id, params=new[i : i + 100])
+
+    def _metrics(self, records: list[dict[str, Any]]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(k, float(r[k]), now, r["epoch"])
+            for r in records
+            for k in METRICS
+            if r.get(k) is not None
+        ]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
+
+    def log(self, record: dict[str, Any], step: int) -> None:
+        self._guard("logging metrics", lambda: self._metrics([{**record, "epoch": step}]))
+
+    def end(self, error: BaseException | None) -> None:
+        self._guard("logging artifacts", self._artifacts)
+        interrupted = isinstance(error, TrainingInterrupted | KeyboardInterrupt)
+        status = "FINISHED" if error is None else "KILLED" if interrupted else "FAILED"
+        self._guard("ending the run", lambda: self.client.set_terminated(self.run_id, status))
+        self.client = None
+
+    def _artifacts(self) -> None:
+        for folder, into in (("figures", "figures"), (".hydra", "hydra")):
+            if (self.run_dir / folder).is_dir():
+                self.client.log_artifacts(self.run_id, str(self.run_dir / folder), into)
+        for path in [self.run_dir / "metrics.jsonl", *sorted(self.run_dir.glob("eval*.json"))]:
+            if path.is_file():
+                self.client.log_artifact(self.run_id, str(path))
+
+    def _guard(self, what: str, call: Callable[[], object]) -> None:
+        if self.client is None:
+            return
+        try:
+            call()
+        except Exception as err:  # the tracking store's trouble must not end a training run
+            log.warning(
+                "logger=mlflow: %s failed (%s); training goes on without it, metrics.jsonl "
+                "has every epoch",
+                what,
+                _one_line(err),
+            )
+            self.client = None
+
+
+def _artifacts(uri: str, experiment: str) -> str | None:
+    """Where a new experiment's artifacts go: for a local SQLite store, mlruns/<experiment>/
+    beside its file (MLflow's default is mlruns/<id>/ in whatever the working directory is at
+    the time); else wherever the store says."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    folder = re.sub(r"[^\w.-]+", "_", experiment).strip("._") or "experiment"
+    return (Path(uri[len("sqlite:///") :]).absolute().parent / "mlruns" / folder).as_uri()
+
+
+def _hydra(run_dir: Path) -> Any:
+    """Hydra's config of the job training into run_dir; None for train(cfg) from Python (or
+    when what Hydra last ran in this process was another job)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hydra = HydraConfig.get()
+    return hydra if Path(hydra.runtime.output_dir).resolve() == run_dir.resolve() else None
+
+
+def _hydra_tags(run_dir: Path) -> dict[str, str]:
+    """The MLflow run's name (the job's overrides, else its dir) and tags: its run dir, and in a
+    sweep the sweep dir and job number (what compares a sweep's jobs in the MLflow UI)."""
+    from hydra.types import RunMode
+
+    tags = {"run_dir": str(run_dir.absolute()), "mlflow.runName": run_dir.name}
+    hydra = _hydra(run_dir)
+    if hydra is not None:
+        tags["overrides"] = " ".join(hydra.overrides.task)
+        tags["mlflow.runName"] = hydra.job.override_dirname or run_dir.name
+        if hydra.mode == RunMode.MULTIRUN:
+            tags.update(sweep_dir=str(Path(hydra.sweep.dir).absolute()), job=str(hydra.job.num))
+    return tags
+
+
+LOGGERS: dict[str, Callable[..., Tracker] | None] = {"none": None, "mlflow": MlflowTracker}
+LoggerName = Choice("LoggerName", {name: name for name in LOGGERS}, module=__name__)
+NOT_EMPTY = Rule(lambda v: v.strip() != "", "a non-empty string")
+
+
+@dataclass
+class LoggerConfig(Section):
+    """logger: an experiment tracker beside TensorBoard; refused before any work when the
+    packages it needs are not installed."""
+
+    PREFIX: ClassVar[str] = "logger."
+    name: LoggerName = key(
+        LoggerName["none"], "experiment tracker beside TensorBoard (conf/logger/<name>.yaml)"
+    )
+    tracking_uri: str | None = key(
+        None,
+        "mlflow: the tracking store, any MLflow URI; null = sqlite:///mlflow.db (artifacts in "
+        "mlruns/) in the working directory",
+        NOT_EMPTY,
+    )
+    experiment: str | None = key(
+        None, "mlflow: the experiment's name; null = the +experiment name, else vae-pyro", NOT_EMPTY
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.name == "mlflow":
+            uri = _store(self.tracking_uri)
+            missing = [m for m in _needs(uri) if importlib.util.find_spec(m) is None]
+            if "mlflow" in missing:
+                raise VaePyroError(f"logger=mlflow needs the mlflow package: {INSTALL}")
+            if missing:
+                raise VaePyroError(
+                    f"logger=mlflow with {uri} needs {' and '.join(missing)}: {INSTALL}"
+                )
+
+
+def tracker(cfg: LoggerConfig, params: Mapping[str, Any]) -> Tracker | None:
+    """The configured tracker, not yet started (cheap: every rank builds it), or None."""
+    kind = LOGGERS[str(cfg.name)]
+    return None if kind is None else kind(cfg, params)

@@ -1,0 +1,171 @@
+"""Runs you can find: the default run dir's name, `outputs/latest` and `multirun/latest`, and
+`run_dir=latest`.
+
+A training run started without hydra.run.dir goes to outputs/<date>/<time>[_<experiment>] (the
+`vae_pyro.suffix` resolver in conf/train.yaml adds the experiment); one whose time-stamped name
+is taken, by a run started in the same second, gets the next free one (<name>-2, -3, ...). When a
+run ends, `outputs/latest` names it, and `multirun/latest` the newest sweep: a relative symlink
+made under a temp name and renamed over the old one (atomic), or, where the file system has no
+symlinks, a small text file holding the relative path, which `resolve_run_dir` reads the same.
+Only a run inside <cwd>/outputs (a sweep inside <cwd>/multirun) moves them: a run dir chosen
+elsewhere leaves them alone. Imports nothing heavy (no torch).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from vae_pyro import files
+from vae_pyro.errors import VaePyroError
+
+LATEST = "latest"
+RUNS = "outputs"  # Hydra's run dirs (hydra.run.dir), relative to the working directory
+SWEEPS = "multirun"  # Hydra's sweep dirs (hydra.sweep.dir)
+MAX_TRIES = 1000
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _suffix(group: str, *, _root_: DictConfig) -> str:
+    """`_<option>` when the config group `group` was chosen (+experiment=z50 -> `_z50`)."""
+    choice = OmegaConf.select(_root_, f"hydra.runtime.choices.{group}", default=None)
+    if choice is None or choice == "":
+        return ""
+    choices = [choice] if isinstance(choice, str) else list(choice)
+    return "_" + "+".join(str(c).replace("/", "-") for c in choices)
+
+
+def register_resolvers() -> None:
+    """`${vae_pyro.suffix:experiment}`, which conf/train.yaml's hydra.run.dir uses."""
+    OmegaConf.register_new_resolver("vae_pyro.suffix", _suffix, replace=True)
+
+
+def _time_stamped(hydra_run: DictConfig) -> bool:
+    """Whether hydra.run.dir is a time-stamped template (the default, or one's own with
+    ${now:...}): a new dir each time, so a taken one means another run and the next is chosen.
+    A fixed dir is the user's choice (and how a run is resumed): never renamed."""
+    raw = hydra_run._get_node("dir")._value()  # unresolved
+    return isinstance(raw, str) and "${now:" in raw.replace(" ", "")
+
+
+def claim_free(config: DictConfig, claim: Callable[[Path], T], unique: bool = True) -> T:
+    """claim(hydra.run.dir), or, for a time-stamped run dir already taken by another run,
+    claim(<dir>-2), claim(<dir>-3)... (hydra.run.dir then names the one claimed). A run that
+    starts in the same second and claims the same name first makes this one's claim fail
+    (its lock, or its checkpoint): the name then exists, and the next is tried. `unique`:
+    False in a torchrun run, whose ranks follow rank 0's dir (cli._follow)."""
+    first = Path(config.hydra.run.dir)
+    if not unique or not _time_stamped(config.hydra.run):
+        return claim(first)
+    for _ in range(MAX_TRIES):
+        candidate = next_free(first)
+        try:
+            claimed = claim(candidate)
+        except VaePyroError:
+            if os.path.lexists(candidate):  # taken meanwhile: another run's
+                continue
+            raise
+        if candidate != first:
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.run.dir = str(candidate)
+        return claimed
+    raise VaePyroError(f"{first} and the next {MAX_TRIES - 1} names are taken: set hydra.run.dir")
+
+
+def next_free(first: Path) -> Path:
+    """first, or the first of <first>-2, <first>-3... that does not exist yet."""
+    for n in range(1, MAX_TRIES + 1):
+        candidate = first if n == 1 else first.with_name(f"{first.name}-{n}")
+        if not os.path.lexists(candidate):
+            return candidate
+    raise VaePyroError(f"{first} and the next {MAX_TRIES - 1} names are taken: set hydra.run.dir")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path != root and root in path.parents
+
+
+def mark_latest(target: str | os.PathLike, root: str | os.PathLike = RUNS) -> Path | None:
+    """Point root/latest at target, a run (or sweep) dir inside root; returns the link, or None
+    where target is elsewhere or it cannot be made (a warning: the run itself is fine)."""
+    root, target = Path(root).absolute(), Path(target).absolute()
+    link = root / LATEST
+    real_root, real_target = root.resolve(), target.resolve()
+    if not _inside(real_target, real_root) or real_target == link.resolve():
+        return None  # elsewhere, or the run dir is itself named outputs/latest
+    if link.is_dir() and not link.is_symlink():
+        log.warning("%s is a directory, not a link: left as it is", link)
+        return None
+    relative = os.path.relpath(real_target, real_root)
+    try:
+        _replace_with_symlink(link, relative)
+    except OSError:
+        try:  # no symlinks here (some Windows or network file systems): the path as text
+            files.atomic_write(link, lambda f: f.write(f"{relative}\n".encode()))
+        except OSError as err:
+            log.warning("could not point %s at %s: %s", link, target, err)
+            return None
+    return link
+
+
+def _replace_with_symlink(link: Path, relative: str) -> None:
+    tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}.tmp")
+    os.symlink(relative, tmp, target_is_directory=True)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def follow_latest(path: Path) -> Path:
+    """What a `latest` link or text file names (the real path); any other path as it is."""
+    if path.is_symlink():
+        return path.resolve()
+    if path.name == LATEST and path.is_file():
+        try:
+            named = path.read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            return path
+        return (path.parent / named).resolve() if named else path
+    return path
+
+
+def resolve_run_dir(value: str) -> str:
+    """run_dir=latest (= outputs/latest), run_dir=outputs/latest or any `latest` link -> the
+    real path of the run it names; any other value as given (the command reports a missing
+    dir). A `latest` that names nothing is an error saying why."""
+    given = Path(value).expanduser()
+    path = Path(RUNS) / LATEST if value == LATEST else given
+    if not (path.name == LATEST or path.is_symlink()):
+        return value
+    if not os.path.lexists(path):
+        if value == LATEST:
+            raise VaePyroError(
+                f"run_dir=latest: there is no {path} in {Path.cwd()}: no run has ended here "
+                "yet (python -m vae_pyro.train makes it), or give run_dir=<a run dir>"
+            )
+        return value
+    real = follow_latest(path)
+    if not real.is_dir():
+        raise VaePyroError(f"run_dir={value}: {path} names {real}, which no longer exists")
+    return str(real)
+
+
+def with_run_dir(task: Callable[..., Any]) -> Callable[..., Any]:
+    """The task of a command with a run_dir key, given the run dir resolved (resolve_run_dir)."""
+
+    def resolved(cfg: DictConfig, *args: Any) -> Any:
+        if isinstance(cfg.get("run_dir"), str):
+            cfg.run_dir = resolve_run_dir(cfg.run_dir)
+        return task(cfg, *args)
+
+    return resolved
