@@ -64,8 +64,12 @@ def grid_px(rows: int, cols: int, h: int = 28, w: int = 28, scale: int = 1) -> t
     return scale * (cols * (w + 2) + 2), scale * (rows * (h + 2) + 2)
 
 
-def panels_px(*grids: tuple[int, int]) -> tuple[int, int]:
-    width = sum(w for w, _ in grids) + plots.GAP_PX * (len(grids) - 1)
+def panels_px(*grids: tuple[int, int], titles: tuple[str, ...] = ()) -> tuple[int, int]:
+    """(width, height) of side-by-side grids; a panel is widened to its title when given."""
+    named = zip(grids[: len(titles)], titles, strict=True)
+    widths = [max(w, plots._title_px(t)) for (w, _), t in named]
+    widths += [w for w, _ in grids[len(titles) :]]
+    width = sum(widths) + plots.GAP_PX * (len(grids) - 1)
     return width, max(h for _, h in grids) + plots.TITLE_PX
 
 
@@ -106,7 +110,10 @@ def test_z2_options_scale_and_manifold(runs, tmp_path):
         "posterior": panels_px(grid_px(3, 5, scale=2), grid_px(3, 5, scale=2)),
         "prior": panels_px(grid_px(2, 3, scale=2)),
         "interpolation": panels_px(grid_px(1, 5, scale=2)),
-        "manifold": panels_px(grid_px(4, 4, scale=2)),
+        # 4 x 4 images at scale 2 are narrower than their title: the panel takes its width
+        "manifold": panels_px(
+            grid_px(4, 4, scale=2), titles=("decoder means, z1 and z2 from -2.05 to 2.05",)
+        ),
         "latent": (640, 560),
     }
     assert {n: png_pixels(p).shape[1::-1] for n, p in written.items()} == expected
@@ -190,7 +197,9 @@ def test_colour_images_of_any_size(tmp_path):
     images, z_max = manifold(vae, 3)
     assert images.shape == (3, 3, 3, 8, 12) and z_max > 0
     pixels = png_pixels(plots.posterior_samples(x, means, samples, tmp_path / "colour.png"))
-    assert pixels.shape[1::-1] == panels_px(grid_px(4, 6, 8, 12), grid_px(4, 6, 8, 12))
+    titles = ("input | decoder means, 5 z ~ q(z|x)", "input | a Bernoulli sample of each")
+    expected = panels_px(grid_px(4, 6, 8, 12), grid_px(4, 6, 8, 12), titles=titles)
+    assert pixels.shape[1::-1] == expected  # 8 x 12 images: each panel as wide as its title
     assert (pixels[..., 0] != pixels[..., 1]).any()  # colour survives
 
 
@@ -214,7 +223,9 @@ def test_one_registry_entry_adds_a_figure_its_keys_and_their_checks(runs, tmp_pa
     cfg = {**OmegaConf.to_container(composed), "tiny": {"side": 3}}
     written = sample(cfg)
     assert list(written) == ["posterior", "prior", "interpolation", "latent", "tiny"]
-    assert png_pixels(written["tiny"]).shape[1::-1] == panels_px(grid_px(3, 3))
+    assert png_pixels(written["tiny"]).shape[1::-1] == panels_px(
+        grid_px(3, 3), titles=("decoder means, tiny",)
+    )
     for bad, message in [
         (0, "tiny.side=0 is not allowed: use an integer >= 1"),
         ("x", "tiny.side"),

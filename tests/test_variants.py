@@ -187,8 +187,6 @@ COMBOS = [
 TINY = [
     "model.z_dim=4",
     "model.hidden_dim=32",
-    "model.prior.components=10",
-    "model.posterior.hidden=16",
     "data.subset=300",
     "data.batch_size=100",
     "data.binarize=dynamic",
@@ -199,9 +197,13 @@ TINY = [
 def _combo(prior, posterior, objective):
     k = ["elbo.num_particles=3"] if objective == "iwae" else []
     layers = ["model.hidden_layers=2"] if prior == posterior == "vamp" else []
+    # Each component's own keys only (a key the chosen one does not read is refused).
+    own = ["model.prior.components=10"] if prior != "standard" else []
+    own += ["model.posterior.hidden=16"] if posterior == "iaf" else []
     return [
         f"model/prior={prior}",
         f"model/posterior={posterior}",
+        *own,
         f"elbo={objective}",
         *k,
         *layers,

@@ -120,8 +120,10 @@ def _panels(panels: Sequence[tuple[torch.Tensor, str]], path: Path, scale: int =
 
 
 def _title_px(title: str) -> int:
-    """A generous width in pixels of a title at TITLE_PT points (0.6 em per character)."""
-    return math.ceil(len(title) * 0.6 * TITLE_PT * DPI / 72) + 8
+    """The width in pixels of a title at TITLE_PT points (its glyphs' outline), plus a margin."""
+    from matplotlib.textpath import TextPath
+
+    return math.ceil(TextPath((0, 0), title, size=TITLE_PT).get_extents().width * DPI / 72) + 6
 
 
 def posterior_samples(
