@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyro
@@ -37,3 +38,20 @@ def make_cfg():
 def mnist():
     """The committed MNIST, on the CPU, loaded once per test session."""
     return load_data("mnist")
+
+
+@pytest.fixture
+def run_state():
+    """run_state(run_dir) -> (metrics without their timings, every network weight by name): what
+    must be bit-identical between a resumed run and an uninterrupted one."""
+    from vae_pyro import checkpoint
+
+    def _state(run_dir: Path) -> tuple[list[dict], dict]:
+        ckpt = checkpoint.read(run_dir / "checkpoint.pt")
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        metrics = [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in lines]
+        payload = ckpt._payload
+        weights = {f"{n}.{k}": v for n in checkpoint.NETWORKS for k, v in payload[n].items()}
+        return metrics, weights
+
+    return _state

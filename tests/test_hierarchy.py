@@ -9,7 +9,6 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pyro
 import pyro.poutine as poutine
@@ -137,23 +136,17 @@ TINY = [
 ]
 
 
-def _state(run_dir: Path) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    ckpt = checkpoint.read(run_dir / "checkpoint.pt")
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    metrics = [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
-    weights = {f"{n}.{k}": v for n in checkpoint.NETWORKS for k, v in ckpt._payload[n].items()}
-    return metrics, weights
-
-
 @pytest.mark.parametrize(
     "variant", [["elbo=trace"], ["elbo=iwae", "model/prior=vamp", "model.prior.components=5"]]
 )
-def test_two_layers_train_and_resume_bit_identically(variant, make_cfg, tmp_path):
+def test_two_layers_train_and_resume_bit_identically(variant, make_cfg, run_state, tmp_path):
     run = [*TINY, *variant]
     train(make_cfg(*run, "trainer.epochs=2"), tmp_path / "straight")
     train(make_cfg(*run, "trainer.epochs=1"), tmp_path / "resumed")
     train(make_cfg(*run, "trainer.epochs=2", "trainer.resume=true"), tmp_path / "resumed")
-    (metrics, weights), (again, again_w) = (_state(tmp_path / d) for d in ("straight", "resumed"))
+    (metrics, weights), (again, again_w) = (
+        run_state(tmp_path / d) for d in ("straight", "resumed")
+    )
     assert len(metrics) == 2 and all(math.isfinite(m["train_loss"]) for m in metrics)
     assert metrics == again and weights.keys() == again_w.keys()
     assert all(torch.equal(weights[k], again_w[k]) for k in weights)

@@ -3,7 +3,6 @@ against hand computations at fixed noise; every combination trains, resumes and 
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 
@@ -210,25 +209,19 @@ def _combo(prior, posterior, objective):
     ]
 
 
-def _state(run_dir):
-    ckpt = checkpoint.read(run_dir / "checkpoint.pt")
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    metrics = [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
-    weights = {f"{n}.{k}": v for n in checkpoint.NETWORKS for k, v in ckpt._payload[n].items()}
-    return metrics, weights
-
-
 @pytest.mark.parametrize(
     ("prior", "posterior", "objective"), COMBOS, ids=["-".join(c) for c in COMBOS]
 )
 def test_every_combination_trains_and_resumes_bit_identically(
-    prior, posterior, objective, make_cfg, tmp_path
+    prior, posterior, objective, make_cfg, run_state, tmp_path
 ):
     combo = [*TINY, *_combo(prior, posterior, objective)]
     train(make_cfg(*combo, "trainer.epochs=2"), tmp_path / "straight")
     train(make_cfg(*combo, "trainer.epochs=1"), tmp_path / "resumed")
     train(make_cfg(*combo, "trainer.epochs=2", "trainer.resume=true"), tmp_path / "resumed")
-    (metrics, weights), (again, again_w) = (_state(tmp_path / d) for d in ("straight", "resumed"))
+    (metrics, weights), (again, again_w) = (
+        run_state(tmp_path / d) for d in ("straight", "resumed")
+    )
     assert all(math.isfinite(m["train_loss"]) for m in metrics) and len(metrics) == 2
     assert metrics == again
     assert weights.keys() == again_w.keys()
