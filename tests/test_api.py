@@ -56,3 +56,11 @@ def test_wrong_inputs_are_one_clear_error(fitted, tmp_path):
         vae.encode(torch.zeros(2, 1, 32, 32))
     with pytest.raises(VaePyroError, match="no checkpoint at"):
         vae_pyro.load(tmp_path / "nothing")
+
+
+def test_load_follows_latest_also_as_the_text_file_fallback(fitted, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "latest").write_text(str(fitted.run_dir.resolve()))  # no symlink
+    for name in ("latest", "outputs/latest"):
+        assert vae_pyro.load(name).run_dir == fitted.run_dir.resolve()

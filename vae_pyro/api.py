@@ -108,11 +108,13 @@ class TrainedVAE:
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> TrainedVAE:
-    """A trained run (its directory, `outputs/latest`, or a checkpoint.pt) on `device`."""
+    """A trained run (its directory, "latest" or `outputs/latest`, or a checkpoint.pt) on
+    `device`."""
     from vae_pyro.checkpoint import load_vae
     from vae_pyro.config import resolve_device
+    from vae_pyro.runs import resolve_run_dir
 
-    path = Path(path).expanduser()
+    path = Path(resolve_run_dir(str(path))).expanduser()  # a latest link or its text fallback
     ckpt_path = path / "checkpoint.pt" if path.is_dir() else path
     if not ckpt_path.is_file():
         raise VaePyroError(f"no checkpoint at {ckpt_path}: give a run dir or a checkpoint.pt")
