@@ -164,9 +164,12 @@ def test_a_two_layer_run_evaluates_and_samples_through_the_cli(tmp_path):
         ["vae_pyro.evaluate", f"run_dir={run_dir}", "num_particles=20", "num_images=50"],
         ["vae_pyro.sample", f"run_dir={run_dir}", "latent.layer=1", "interpolation.steps=3"],
     ]
+    said = []
     for step in steps:
         proc = subprocess.run([*python, *step], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
+        said.append(proc.stdout + proc.stderr)
+    assert "mlp z_dim 3 over z1 of 4, prior standard" in said[0]  # the start-up line
     record = json.loads((run_dir / "eval.json").read_text())
     assert record["num_images"] == 50 and record["nll"] <= record["negative_elbo"] + 1e-6
     figures = {p.name for p in (run_dir / "samples").iterdir()}

@@ -508,10 +508,11 @@ def _about(run: Run) -> str:
     """The start-up line's data protocol and model variant."""
     cfg, data = run.cfg, run.data
     m, elbo = cfg.model, cfg.elbo
+    layers = "" if m.latent_layers == 1 else f" over z1 of {m.decoder_z_dim}"
     return (
         f"{cfg.data.name} (binarize {cfg.data.binarize}), {len(data.train)} train / "
         f"{len(data.test)} test images of shape {data.image_shape}, batch {cfg.data.batch_size}; "
-        f"{m.arch} z_dim {m.z_dim}, prior {m.prior.name}, posterior {m.posterior.name}, "
+        f"{m.arch} z_dim {m.z_dim}{layers}, prior {m.prior.name}, posterior {m.posterior.name}, "
         f"likelihood {m.likelihood}, objective {elbo.name} (K={elbo.num_particles})"
     )
 
