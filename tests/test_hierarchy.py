@@ -170,6 +170,7 @@ def test_a_two_layer_run_evaluates_and_samples_through_the_cli(tmp_path):
         assert proc.returncode == 0, proc.stderr
         said.append(proc.stdout + proc.stderr)
     assert "mlp z_dim 3 over z1 of 4, prior standard" in said[0]  # the start-up line
+    assert "IW K=20: 50 of 50 images" in said[1]  # progress in a log file, not only a terminal
     record = json.loads((run_dir / "eval.json").read_text())
     assert record["num_images"] == 50 and record["nll"] <= record["negative_elbo"] + 1e-6
     figures = {p.name for p in (run_dir / "samples").iterdir()}

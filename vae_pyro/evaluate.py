@@ -14,6 +14,7 @@ computed from the VAE's own `prior`, `posterior` and `likelihood`, the distribut
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -107,9 +108,7 @@ def importance_sample(
     per_pair = (components * vae.z_dim) // x[0].numel()
     images, particles = _chunks(num_particles, max(1, max_batch_elements // max(1, per_pair)))
     out = {key: torch.empty(n, dtype=torch.float64) for key in ("log_px", "elbo", "ess")}
-    bar = tqdm(
-        total=n, unit="img", desc=f"IW K={num_particles}", disable=None if progress else True
-    )  # disable=None: a bar on a terminal, nothing in a log file
+    bar = _Progress(n, f"IW K={num_particles}", progress)
     for start in range(0, n, images):
         xb = x[start : start + images]
         b, weigh = xb.shape[0], _weigher(vae, xb)
@@ -127,6 +126,34 @@ def importance_sample(
         bar.update(b)
     bar.close()
     return out
+
+
+class _Progress:
+    """A bar on a terminal; in a log file (a batch job, nohup) one line at each tenth of the
+    images with the time spent and left, since tqdm draws nothing there."""
+
+    def __init__(self, total: int, desc: str, shown: bool) -> None:
+        self.lines = shown and not sys.stderr.isatty()
+        self.bar = tqdm(total=total, unit="img", desc=desc, disable=None if shown else True)
+        self.total, self.desc, self.done, self.tenths = total, desc, 0, 0
+        self.start = time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+        self.done += n
+        if self.lines and self.done * 10 // self.total > self.tenths:
+            self.tenths = self.done * 10 // self.total
+            spent = time.perf_counter() - self.start
+            left = spent * (self.total - self.done) / self.done
+            print(
+                f"{self.desc}: {self.done} of {self.total} images, {spent / 60:.1f} min, "
+                f"about {left / 60:.1f} min left",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def summarize(stats: dict[str, torch.Tensor], num_particles: int) -> dict[str, float]:
