@@ -276,3 +276,18 @@ def test_checkpoint_from_before_the_options_still_evaluates(trained, tmp_path, m
     pyro.set_rng_seed(0)
     gray = negative_elbo(old, mnist.test.x[:50])
     assert abs(record["negative_elbo"] - gray) < 5  # gray-level test images, not binarized
+
+
+def test_a_checkpoint_written_inside_an_epoch_says_how_far_it_got(trained, tmp_path, capsys):
+    """An interrupted run's checkpoint holds the steps it took of the next epoch: evaluate
+    names them instead of presenting the weights as those after the last whole epoch."""
+    run_dir, _ = trained
+    ckpt = checkpoint.load(run_dir / "checkpoint.pt")
+    ckpt["position"] = vars(checkpoint.Position(torch.randperm(10), 7, 1.0, 2.0)).copy()
+    checkpoint.save(tmp_path / "checkpoint.pt", ckpt)
+    options = [f"run_dir={tmp_path}", "num_particles=2", "num_images=20"]
+    record = evaluate.evaluate(_compose("evaluate", *options))
+    assert record["checkpoint_epoch"] == 2 and record["checkpoint_step"] == 7
+    assert (
+        "checkpoint after epoch 2 and 7 steps of epoch 3, 20 test images" in capsys.readouterr().out
+    )

@@ -195,8 +195,10 @@ def _write_json(path: Path, record: dict[str, Any]) -> None:
 def _report(record: dict[str, Any], out: Path) -> str:
     k = record["num_particles"]
     mc = "" if record["nll_mc_se"] is None else f" +- {record['nll_mc_se']:.3f} (Monte Carlo)"
+    epoch, step = record["checkpoint_epoch"], record["checkpoint_step"]
+    inside = "" if step is None else f" and {step} steps of epoch {epoch + 1}"
     return (
-        f"{record['run_dir']}: checkpoint after epoch {record['checkpoint_epoch']}, "
+        f"{record['run_dir']}: checkpoint after epoch {epoch}{inside}, "
         f"{record['num_images']} test images, protocol: {record['protocol']}\n"
         f"  -log p(x) (IW, K={k}): {record['nll']:.2f} +- {record['nll_se']:.2f} (images){mc}\n"
         f"  -ELBO: {record['negative_elbo']:.2f} +- {record['negative_elbo_se']:.2f}   "
@@ -229,6 +231,8 @@ def evaluate(cfg: DictConfig | EvaluateConfig) -> dict[str, Any]:
     record: dict[str, Any] = {
         "run_dir": str(run_dir.resolve()),
         "checkpoint_epoch": ckpt.epoch,
+        # a checkpoint written inside an epoch (an interruption): the steps of the next one taken
+        "checkpoint_step": None if ckpt.position is None else ckpt.position.step,
         "binarize": data.binarize,
         "protocol": data.protocol,
         "likelihood": vae.likelihood_name,
