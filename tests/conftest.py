@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import shutil
 from pathlib import Path
 
 import pyro
@@ -13,6 +15,7 @@ from vae_pyro.cli import CONF_DIR
 from vae_pyro.data import load_data
 
 REPO = Path(__file__).resolve().parent.parent
+RELEASED = REPO / "tests" / "fixtures" / "checkpoint_v1.pt"  # z_dim 2, hidden 16, 1 epoch
 
 
 @pytest.fixture(autouse=True)
@@ -41,10 +44,14 @@ def mnist():
 
 
 @pytest.fixture
-def run_state():
-    """run_state(run_dir) -> (metrics without their timings, every network weight by name): what
-    must be bit-identical between a resumed run and an uninterrupted one."""
+def resumed_run(make_cfg, tmp_path):
+    """resumed_run(*overrides) trains 2 epochs straight, and 1 epoch then a resume to 2, checks
+    that the two agree bit for bit (metrics without their timings, every network weight), and
+    returns the weights by name and the straight run's checkpoint."""
+    import torch
+
     from vae_pyro import checkpoint
+    from vae_pyro.train import train
 
     def _state(run_dir: Path) -> tuple[list[dict], dict]:
         ckpt = checkpoint.read(run_dir / "checkpoint.pt")
@@ -54,4 +61,24 @@ def run_state():
         weights = {f"{n}.{k}": v for n in checkpoint.NETWORKS for k, v in payload[n].items()}
         return metrics, weights
 
-    return _state
+    def _run(*overrides: str) -> tuple[dict, Path]:
+        straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+        train(make_cfg(*overrides, "trainer.epochs=2"), straight)
+        train(make_cfg(*overrides, "trainer.epochs=1"), resumed)
+        train(make_cfg(*overrides, "trainer.epochs=2", "trainer.resume=true"), resumed)
+        (metrics, weights), (again, again_w) = _state(straight), _state(resumed)
+        assert len(metrics) == 2 and all(math.isfinite(m["train_loss"]) for m in metrics)
+        assert metrics == again and weights.keys() == again_w.keys()
+        assert all(torch.equal(weights[k], again_w[k]) for k in weights)
+        return weights, straight / "checkpoint.pt"
+
+    return _run
+
+
+@pytest.fixture
+def released_run(tmp_path) -> Path:
+    """A run dir holding the checkpoint of the first release."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(RELEASED, run_dir / "checkpoint.pt")
+    return run_dir

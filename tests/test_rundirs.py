@@ -31,7 +31,6 @@ from vae_pyro.sample import sample
 from vae_pyro.train import claim_run_dir, train
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURE = REPO / "tests" / "fixtures" / "checkpoint_v1.pt"  # z_dim 2, hidden 16, 1 epoch
 TINY = ["model.z_dim=2", "model.hidden_dim=16", "data.subset=512", "trainer.device=cpu"]
 # 47 steps of 256 per epoch: a few seconds, so that a second command meets a running one.
 LONG = ["+experiment=z50", "data.subset=12000", "trainer.device=cpu"]
@@ -346,15 +345,6 @@ def test_a_sweep_exits_1_for_its_own_failed_jobs_only(tmp_path, capsys):
 
 def _no_work(*args, **kwargs):
     raise AssertionError("the work started")
-
-
-@pytest.fixture
-def released_run(tmp_path) -> Path:
-    """A run dir holding the checkpoint of the first release."""
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    shutil.copy(FIXTURE, run_dir / "checkpoint.pt")
-    return run_dir
 
 
 def test_evaluate_refuses_to_replace_an_output_before_the_work(released_run, monkeypatch):

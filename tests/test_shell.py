@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import shutil
 import signal
 import struct
 import subprocess
@@ -27,7 +26,6 @@ from vae_pyro.errors import TrainingInterrupted, VaePyroError
 from vae_pyro.train import svi_step, train
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURE = REPO / "tests" / "fixtures" / "checkpoint_v1.pt"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 ENV.pop("VAE_PYRO_DEBUG", None)
 SIGNALS = [signal.SIGINT, signal.SIGTERM]
@@ -98,15 +96,6 @@ def _cpu_seconds(proc: subprocess.Popen) -> float:
 
 def _temp_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob(".*.tmp")]
-
-
-@pytest.fixture
-def released_run(tmp_path) -> Path:
-    """A run dir holding the checkpoint of the first release."""
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    shutil.copy(FIXTURE, run_dir / "checkpoint.pt")
-    return run_dir
 
 
 # 4. Interruptions are one line in every command.

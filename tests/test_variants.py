@@ -213,20 +213,10 @@ def _combo(prior, posterior, objective):
     ("prior", "posterior", "objective"), COMBOS, ids=["-".join(c) for c in COMBOS]
 )
 def test_every_combination_trains_and_resumes_bit_identically(
-    prior, posterior, objective, make_cfg, run_state, tmp_path
+    prior, posterior, objective, resumed_run
 ):
-    combo = [*TINY, *_combo(prior, posterior, objective)]
-    train(make_cfg(*combo, "trainer.epochs=2"), tmp_path / "straight")
-    train(make_cfg(*combo, "trainer.epochs=1"), tmp_path / "resumed")
-    train(make_cfg(*combo, "trainer.epochs=2", "trainer.resume=true"), tmp_path / "resumed")
-    (metrics, weights), (again, again_w) = (
-        run_state(tmp_path / d) for d in ("straight", "resumed")
-    )
-    assert all(math.isfinite(m["train_loss"]) for m in metrics) and len(metrics) == 2
-    assert metrics == again
-    assert weights.keys() == again_w.keys()
-    assert all(torch.equal(weights[k], again_w[k]) for k in weights)
-    vae, ckpt = checkpoint.load_vae(tmp_path / "straight" / "checkpoint.pt")
+    _, straight = resumed_run(*TINY, *_combo(prior, posterior, objective))
+    vae, ckpt = checkpoint.load_vae(straight)
     assert (vae.cfg.prior.name, vae.cfg.posterior.name) == (prior, posterior)
 
 

@@ -21,7 +21,7 @@ import torch
 from pyro.optim import PyroOptim
 
 from vae_pyro.config import DataConfig, ModelConfig, as_dict, config_diff, to_object
-from vae_pyro.errors import VaePyroError, os_error_in, os_reason
+from vae_pyro.errors import VaePyroError, first_line, os_error_in, os_reason
 from vae_pyro.files import atomic_write
 from vae_pyro.model import VAE, build_vae
 
@@ -164,7 +164,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for truncated/corrupt archives
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise VaePyroError(
             f"cannot read checkpoint {path}: the file is truncated or damaged ({reason})"
         ) from None
@@ -227,7 +227,7 @@ def restore_networks(vae: VAE, ckpt: Checkpoint) -> None:
         for name in NETWORKS:  # format 1 has no prior or posterior weights: none to load
             getattr(vae, name).load_state_dict(ckpt._payload.get(name, {}))
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise VaePyroError(
             f"checkpoint {ckpt.path}: its weights do not fit the networks its config describes "
             f"({first.rstrip(':')})"

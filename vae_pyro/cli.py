@@ -45,6 +45,7 @@ from vae_pyro import config, distributed, files, runs, startup
 from vae_pyro.errors import (
     TrainingInterrupted,
     VaePyroError,
+    first_line,
     is_starting_handler,
     os_error_in,
     os_reason,
@@ -362,11 +363,6 @@ _MEMORY = re.compile(r"out of memory|can't allocate memory|not enough memory", r
 _written_before = 0  # len(files.WRITTEN) when the shell began: what this command wrote follows
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def _kept() -> str:
     """What the command wrote before it stopped (files.WRITTEN; caches left out): whole files,
     since every output is written atomically."""
@@ -424,7 +420,7 @@ def explain(command: str, err: BaseException, cfg: DictConfig | None = None) -> 
     error (PIL): which; anything else: its type and first line."""
     if isinstance(err, VaePyroError):
         return str(err), False
-    first = _first_line(err)
+    first = first_line(err)
     if isinstance(err, MemoryError | torch.OutOfMemoryError) or (
         isinstance(err, RuntimeError) and _MEMORY.search(first)
     ):

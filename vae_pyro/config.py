@@ -23,7 +23,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from vae_pyro.errors import VaePyroError
+from vae_pyro.errors import VaePyroError, first_line
 from vae_pyro.figures import FIGURES
 from vae_pyro.loggers import LoggerConfig, LoggerName  # noqa: F401  (beside the trackers)
 from vae_pyro.posteriors import (  # noqa: F401  (beside their classes)
@@ -490,7 +490,7 @@ def refuse_unread(cfg: Any, schema: type[Section]) -> None:
 
 def omegaconf_message(err: OmegaConfBaseException) -> str:
     """OmegaConf's error on one line, naming the key it concerns."""
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    first = first_line(err)
     full_key = getattr(err, "full_key", None)
     if full_key and "not in" in first:  # an unknown key: typed sections accept only their own
         return f"unknown key {full_key}: {first}"

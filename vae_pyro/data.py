@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from vae_pyro.config import DataConfig, to_object
-from vae_pyro.errors import VaePyroError
+from vae_pyro.errors import VaePyroError, first_line
 from vae_pyro.files import atomic_write, shipped
 from vae_pyro.images import fit, read_image, to_uint8, with_channels
 from vae_pyro.startup import cache_dir
@@ -344,7 +344,7 @@ def _npz_splits(path: Path, expect: tuple[int, int, int] | None = None) -> Split
     except VaePyroError:
         raise
     except Exception as err:  # not a zip, truncated, object arrays (would need pickle)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise VaePyroError(f"cannot read {path} as an npz of arrays ({reason})") from None
     x_train = _npz_images(arrays["x_train"], "x_train", path)
     x_test = _npz_images(arrays["x_test"], "x_test", path)

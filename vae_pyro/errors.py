@@ -42,6 +42,12 @@ def raise_interrupted(signum: int, frame: Any) -> None:
     raise Interrupted(signum)
 
 
+def first_line(err: BaseException) -> str:
+    """An exception's message on one line: its first, or its type's name when it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def os_error_in(err: BaseException | None) -> OSError | None:
     """The OSError behind err: err itself, or the one it was raised from or while handling
     (torch.save reports a full disk as a RuntimeError raised while handling the OSError)."""

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 
-from vae_pyro.errors import TrainingInterrupted, VaePyroError
-from vae_pyro.files import atomic_write
+from vae_pyro.errors import TrainingInterrupted, VaePyroError, first_line
+from vae_pyro.files import write_json
 from vae_pyro.schema import Choice, Rule, Section, key
 
 try:
@@ -145,8 +145,7 @@ def _one_at_a_time(uri: str) -> Iterator[None]:
 
 
 def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return " ".join(text.splitlines()[0].split()) if text else type(err).__name__
+    return " ".join(first_line(err).split())  # MLflow's messages carry runs of spaces
 
 
 class MlflowTracker:
@@ -188,8 +187,7 @@ class MlflowTracker:
             name = tags.pop("mlflow.runName")
             run = self.client.create_run(self._experiment(), run_name=name, tags=tags)
             self.run_id = run.info.run_id
-            text = json.dumps({"tracking_uri": self.uri, "run_id": self.run_id}) + "\n"
-            atomic_write(run_dir / "mlflow.json", lambda f: f.write(text.encode()))
+            write_json(run_dir / "mlflow.json", {"tracking_uri": self.uri, "run_id": self.run_id})
         self._log_params()
         logged = {m.step for m in self.client.get_metric_history(self.run_id, "train_loss")}
         self._metrics([r for r in history if r["epoch"] not in logged])

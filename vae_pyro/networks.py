@@ -86,9 +86,32 @@ class PixelDecoder(nn.Module, ABC):
         return (flat * logits - F.softplus(logits)).sum(-1)
 
 
-class Encoder(GaussianEncoder):
-    """The MLP encoder: fc1 and `hidden_layers - 1` more dense layers (softplus), then the
-    heads."""
+class ConditionalGaussian(GaussianEncoder):
+    """A diagonal Normal over z_dim dims given a vector: fc1 and `hidden_layers - 1` more dense
+    layers (softplus), then the heads. The conditionals of a two-layer hierarchy: p(z1 | z2)
+    reads z2; q(z1 | x, z2) reads the image encoder's hidden state h(x) beside z2."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        z_dim: int,
+        hidden_dim: int,
+        scale_param: str = "exp",
+        hidden_layers: int = 1,
+    ) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, hidden_dim)
+        self.deeper = _deeper(hidden_dim, hidden_layers, nn.Softplus())
+        self._add_heads(hidden_dim, z_dim, scale_param)
+        self.softplus = nn.Softplus()
+
+    def features(self, v: torch.Tensor) -> torch.Tensor:
+        return self.deeper(self.softplus(self.fc1(v)))
+
+
+class Encoder(ConditionalGaussian):
+    """The MLP encoder: the conditional Gaussian of the flattened image (fc1 and
+    `hidden_layers - 1` more dense layers, softplus, then the heads)."""
 
     def __init__(
         self,
@@ -98,16 +121,11 @@ class Encoder(GaussianEncoder):
         scale_param: str = "exp",
         hidden_layers: int = 1,
     ) -> None:
-        super().__init__()
+        super().__init__(math.prod(image_shape), z_dim, hidden_dim, scale_param, hidden_layers)
         self.image_shape = tuple(image_shape)
-        in_dim = math.prod(self.image_shape)
-        self.fc1 = nn.Linear(in_dim, hidden_dim)
-        self.deeper = _deeper(hidden_dim, hidden_layers, nn.Softplus())
-        self._add_heads(hidden_dim, z_dim, scale_param)
-        self.softplus = nn.Softplus()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.deeper(self.softplus(self.fc1(x.flatten(start_dim=1))))
+        return super().features(x.flatten(start_dim=1))
 
 
 class Decoder(PixelDecoder):
@@ -146,29 +164,6 @@ class Decoder(PixelDecoder):
         hidden = self.hidden(z)
         x_dot_logits = torch.einsum("kbh,bh->kb", hidden, flat @ self.fc21.weight)
         return x_dot_logits + flat @ self.fc21.bias - F.softplus(self.fc21(hidden)).sum(-1)
-
-
-class ConditionalGaussian(GaussianEncoder):
-    """A diagonal Normal over z_dim dims given a vector: fc1 and `hidden_layers - 1` more dense
-    layers (softplus), then the heads. The conditionals of a two-layer hierarchy: p(z1 | z2)
-    reads z2; q(z1 | x, z2) reads the image encoder's hidden state h(x) beside z2."""
-
-    def __init__(
-        self,
-        in_dim: int,
-        z_dim: int,
-        hidden_dim: int,
-        scale_param: str = "exp",
-        hidden_layers: int = 1,
-    ) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(in_dim, hidden_dim)
-        self.deeper = _deeper(hidden_dim, hidden_layers, nn.Softplus())
-        self._add_heads(hidden_dim, z_dim, scale_param)
-        self.softplus = nn.Softplus()
-
-    def features(self, v: torch.Tensor) -> torch.Tensor:
-        return self.deeper(self.softplus(self.fc1(v)))
 
 
 class LowerLayer(nn.Module):

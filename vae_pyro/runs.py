@@ -65,7 +65,7 @@ def claim_free(config: DictConfig, claim: Callable[[Path], T], unique: bool = Tr
     first = Path(config.hydra.run.dir)
     if not unique or not _time_stamped(config.hydra.run):
         return claim(first)
-    for _ in range(MAX_TRIES):
+    while True:  # each failed candidate exists: next_free moves on, and ends the names
         candidate = next_free(first)
         try:
             claimed = claim(candidate)
@@ -77,7 +77,6 @@ def claim_free(config: DictConfig, claim: Callable[[Path], T], unique: bool = Tr
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.run.dir = str(candidate)
         return claimed
-    raise VaePyroError(f"{first} and the next {MAX_TRIES - 1} names are taken: set hydra.run.dir")
 
 
 def next_free(first: Path) -> Path:

@@ -39,7 +39,7 @@ from vae_pyro.config import (
     to_object,
 )
 from vae_pyro.data import ImageData, check_data, load_data_config, one_per_class
-from vae_pyro.errors import TrainingInterrupted, VaePyroError
+from vae_pyro.errors import TrainingInterrupted, VaePyroError, signal_name
 from vae_pyro.evaluate import negative_elbo
 from vae_pyro.model import VAE, build_elbo, build_vae, kl_scale
 
@@ -272,7 +272,7 @@ class _StopFlag:
     def interrupted(self, where: str) -> TrainingInterrupted:
         signum, run = self.now(), self.run
         return TrainingInterrupted(
-            f"interrupted by {signal.Signals(signum).name} {where}; checkpoint written to "
+            f"interrupted by {signal_name(signum)} {where}; checkpoint written to "
             f"{run.checkpoint_path}. Resume with: {_resume_hint(run)}",
             signum,
         )
