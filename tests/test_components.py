@@ -14,7 +14,7 @@ import torch
 
 from vae_pyro import checkpoint, config, evaluate
 from vae_pyro.config import ModelConfig
-from vae_pyro.evaluate import importance_sample, log_weights
+from vae_pyro.estimators import importance_sample, log_weights
 from vae_pyro.model import LIKELIHOODS, VAE, PixelModel, build_vae
 from vae_pyro.networks import ARCHS, GaussianEncoder, PixelDecoder
 from vae_pyro.posteriors import POSTERIORS, Posterior, PosteriorConfig
@@ -164,12 +164,18 @@ def test_mog_prior_starts_as_equal_unit_gaussians_and_is_a_learned_module():
     assert not any(n.startswith("encoder$$$") for n in names)
 
 
+# Tomczak & Welling's networks: gated layers, He initialisation, log-variance in [-6, 2].
+TW18 = {"activation": "gated", "init": "he", "scale_param": "logvar", "scale_bounds": [-6, 2]}
+
+
+@pytest.mark.parametrize("keys", [{}, TW18], ids=["default", "tw18"])
 @pytest.mark.parametrize("posterior", list(POSTERIORS))
 @pytest.mark.parametrize("prior", list(PRIORS))
-def test_evaluator_weights_equal_pyro_traces_for_every_registered_prior(prior, posterior):
+def test_evaluator_weights_equal_pyro_traces_for_every_registered_prior(prior, posterior, keys):
     """log-weights = the model trace's log-joint minus the guide trace's log-prob, at the same z,
-    for every prior in the registry (the mixture of Gaussians with trained-looking weights)."""
-    vae = small(prior, posterior)
+    for every prior in the registry (the mixture of Gaussians with trained-looking weights), with
+    the default networks and with Tomczak & Welling's."""
+    vae = small(prior, posterior, **keys)
     if prior == "mog":
         with torch.no_grad():
             vae.prior_net.logits.copy_(torch.randn(6))

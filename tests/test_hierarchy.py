@@ -18,7 +18,7 @@ import torch
 from vae_pyro import checkpoint
 from vae_pyro.config import ElboConfig, ModelConfig
 from vae_pyro.errors import VaePyroError
-from vae_pyro.evaluate import importance_sample, log_weights
+from vae_pyro.estimators import importance_sample, log_weights
 from vae_pyro.model import VAE, build_elbo
 from vae_pyro.posteriors import POSTERIORS, PosteriorConfig
 from vae_pyro.priors import PRIORS, PriorConfig
@@ -56,12 +56,41 @@ def test_the_model_has_two_latent_sites_sized_by_the_keys():
     assert ModelConfig(z_dim=50).decoder_z_dim == 50
 
 
+# Tomczak & Welling's HVAE: gated layers, He initialisation, log-variances in [-6, 2] (q and
+# p(z1 | z2) alike), and the decoder p(x | z1, z2).
+TW18 = {
+    "activation": "gated",
+    "init": "he",
+    "scale_param": "logvar",
+    "scale_bounds": [-6, 2],
+    "decoder_reads": "z1z2",
+}
+NETWORKS = pytest.mark.parametrize("keys", [{}, TW18], ids=["default", "tw18"])
+
+
+def test_the_decoder_reads_z1_and_z2_side_by_side():
+    vae = two_layers(**TW18)
+    assert vae.decoder.fc1.weight.shape == (2 * 16, 5 + 3)  # gated: two halves of 16
+    assert ModelConfig(z_dim=40, lower_z_dim=40, latent_layers=2, **TW18).decoder_input_dim == 80
+    x = torch.rand(4, 1, 28, 28).bernoulli()
+    guide_tr = poutine.trace(vae.guide).get_trace(x)
+    model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
+    z2, z1 = (guide_tr.nodes[s]["value"] for s in ("latent", "lower"))
+    expected = vae.decoder.logits(torch.cat([z1, z2], -1))
+    torch.testing.assert_close(model_tr.nodes["obs"]["fn"].base_dist.logits, expected)
+    for tr in (guide_tr, model_tr):
+        assert tr.nodes["latent"]["value"].shape == (4, 3)
+        assert tr.nodes["lower"]["value"].shape == (4, 5)
+
+
+@NETWORKS
 @pytest.mark.parametrize("posterior", list(POSTERIORS))
 @pytest.mark.parametrize("prior", list(PRIORS))
-def test_two_layer_log_weights_equal_pyro_traces(prior, posterior):
+def test_two_layer_log_weights_equal_pyro_traces(prior, posterior, keys):
     """log p(x, z1, z2) - log q(z1, z2 | x) from the evaluator = the model trace's log-joint
-    minus the guide trace's log-prob at the guide's draws, for every prior and posterior."""
-    vae = two_layers(prior, posterior)
+    minus the guide trace's log-prob at the guide's draws, for every prior and posterior, with
+    the default networks and with Tomczak & Welling's."""
+    vae = two_layers(prior, posterior, **keys)
     x = torch.rand(3, 1, 28, 28).bernoulli()
     draws, expected = {"latent": [], "lower": []}, []
     for _ in range(3):
@@ -79,13 +108,14 @@ def test_two_layer_log_weights_equal_pyro_traces(prior, posterior):
     torch.testing.assert_close(got, torch.stack(expected), rtol=1e-4, atol=2e-3)
 
 
+@NETWORKS
 @pytest.mark.parametrize("objective", ["trace", "jit", "iwae"])
 @pytest.mark.parametrize("prior", list(PRIORS))
-def test_pyros_objective_at_the_same_draws_is_the_evaluators_bound(prior, objective):
+def test_pyros_objective_at_the_same_draws_is_the_evaluators_bound(prior, objective, keys):
     """With the same seed, Pyro's objective draws what the evaluator draws: Trace_ELBO (and its
     JIT) is minus the log-weight, IWAE (RenyiELBO, alpha 0, K = 4) minus the log-mean-exp of K
     of them, per image, summed over the batch."""
-    vae = two_layers(prior)
+    vae = two_layers(prior, **keys)
     x = torch.rand(6, 1, 28, 28).bernoulli()
     k = 4 if objective == "iwae" else 1
     elbo = build_elbo(ElboConfig(name=objective, num_particles=k))
@@ -106,12 +136,13 @@ def test_importance_sampling_is_a_tighter_bound_than_the_elbo():
     assert (stats["ess"] >= 1).all() and (stats["ess"] <= 50).all()
 
 
-def test_figures_read_both_layers():
-    vae = two_layers().eval()
+@pytest.mark.parametrize(("keys", "reads"), [({}, 5), (TW18, 5 + 3)], ids=["z1", "z1z2"])
+def test_figures_read_both_layers(keys, reads):
+    vae = two_layers(**keys).eval()
     x = torch.rand(4, 1, 28, 28).bernoulli()
-    assert vae.posterior_sample(x, 7).shape == (7, 4, 5)  # draws of z1, through z2
+    assert vae.posterior_sample(x, 7).shape == (7, 4, reads)  # what the decoder reads, via z2
     assert vae.code(x).shape == (4, 3) and vae.code(x, layer=1).shape == (4, 5)
-    assert vae.descend(vae.code(x)).shape == (4, 5)
+    assert vae.descend(vae.code(x)).shape == (4, reads)
     means, draws = vae.sample_prior(6, draws=True)
     assert means.shape == draws.shape == (6, 1, 28, 28)
     assert vae.reconstruct(x).shape == x.shape
@@ -122,6 +153,10 @@ def test_keys_of_the_lower_layer_without_two_layers_are_refused():
         ModelConfig(lower_z_dim=20)
     with pytest.raises(VaePyroError, match=r"model.latent_layers=3 is not allowed: use 1 or 2"):
         ModelConfig(latent_layers=3)
+    with pytest.raises(VaePyroError, match="model.decoder_reads=z1z2 lets the decoder read the"):
+        ModelConfig(decoder_reads="z1z2")
+    with pytest.raises(VaePyroError, match=r"model.decoder_reads=z2 is not allowed: use z1 \| z1z"):
+        ModelConfig(latent_layers=2, decoder_reads="z2")
 
 
 TINY = [
@@ -136,14 +171,24 @@ TINY = [
 ]
 
 
+TW18_KEYS = [f"model.{k}={v}".replace(" ", "") for k, v in TW18.items()]
+
+
 @pytest.mark.parametrize(
-    "variant", [["elbo=trace"], ["elbo=iwae", "model/prior=vamp", "model.prior.components=5"]]
+    "variant",
+    [
+        ["elbo=trace"],
+        ["elbo=iwae", "model/prior=vamp", "model.prior.components=5"],
+        ["model/prior=vamp", "model.prior.components=5", *TW18_KEYS],
+    ],
+    ids=["trace", "iwae-vamp", "vamp-tw18"],
 )
 def test_two_layers_train_and_resume_bit_identically(variant, resumed_run):
     weights, straight = resumed_run(*TINY, *variant)
     assert {"lower.prior.fc21.weight", "lower.posterior.fc22.bias"} <= weights.keys()
     vae, _ = checkpoint.load_vae(straight)
-    assert vae.layers == 2 and vae.decoder.fc1.in_features == 4
+    reads = 4 + 3 if "model.decoder_reads=z1z2" in variant else 4
+    assert vae.layers == 2 and vae.decoder.fc1.in_features == reads
 
 
 @pytest.mark.slow

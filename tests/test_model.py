@@ -3,9 +3,12 @@ import math
 import pyro
 import pyro.poutine as poutine
 import torch
+from torch import nn
 
 from vae_pyro import VAE
-from vae_pyro.evaluate import negative_elbo
+from vae_pyro.config import ModelConfig
+from vae_pyro.estimators import negative_elbo
+from vae_pyro.priors import PriorConfig
 
 
 def _traces(vae, x):
@@ -78,3 +81,41 @@ def test_reconstruct_and_prior_samples_are_images():
     prior = vae.sample_prior(5)
     assert recon.shape == x.shape and prior.shape == (5, 1, 28, 28)
     assert ((prior >= 0) & (prior <= 1)).all()
+
+
+def test_the_default_model_is_the_tutorial_network_at_pytorchs_init():
+    """The defaults of the keys added for Tomczak & Welling's networks (softplus layers,
+    PyTorch's init, an unbounded log-scale, one decoder input) build the seed's network: the
+    same names, and from the same seed the same weights as plain Linear layers made in order."""
+    cfg = ModelConfig(z_dim=5, hidden_dim=16)
+    assert (cfg.activation, cfg.init, cfg.scale_param, cfg.scale_bounds, cfg.decoder_reads) == (
+        "softplus",
+        "default",
+        "exp",
+        None,
+        "z1",
+    )
+    torch.manual_seed(0)
+    vae = VAE((1, 28, 28), cfg)
+    torch.manual_seed(0)
+    sizes = [(784, 16), (16, 5), (16, 5), (5, 16), (16, 784)]
+    linears = [nn.Linear(*size) for size in sizes]
+    names = ["encoder.fc1", "encoder.fc21", "encoder.fc22", "decoder.fc1", "decoder.fc21"]
+    state = vae.state_dict()
+    assert list(state) == [f"{n}.{p}" for n in names for p in ("weight", "bias")]
+    for name, linear in zip(names, linears, strict=True):
+        assert torch.equal(state[f"{name}.weight"], linear.weight)
+        assert torch.equal(state[f"{name}.bias"], linear.bias)
+    x = torch.rand(3, 1, 28, 28)
+    hidden = nn.functional.softplus(linears[0](x.flatten(1)))
+    loc, scale = vae.encoder(x)
+    torch.testing.assert_close(loc, linears[1](hidden))
+    torch.testing.assert_close(scale, linears[2](hidden).exp())
+
+
+def test_vamp_pseudo_inputs_start_as_the_authors_near_0_05():
+    """Tomczak & Welling's MNIST setting (their load_data): N(0.05, 0.01), through hardtanh."""
+    cfg = ModelConfig(z_dim=4, hidden_dim=8, prior=PriorConfig(name="vamp", components=50))
+    inputs = VAE((1, 28, 28), cfg).prior_net.inputs()
+    assert inputs.shape == (50, 1, 28, 28) and inputs.min() >= 0
+    assert abs(inputs.mean() - 0.05) < 1e-3 and abs(inputs.std() - 0.01) < 1e-3

@@ -14,9 +14,10 @@ import torch
 from PIL import Image
 from pyro.infer import RenyiELBO, Trace_ELBO
 
-from vae_pyro import checkpoint
+from vae_pyro import checkpoint, config
 from vae_pyro.config import ElboConfig, ModelConfig, PosteriorConfig, PriorConfig
-from vae_pyro.evaluate import log_weights
+from vae_pyro.errors import VaePyroError
+from vae_pyro.estimators import log_weights
 from vae_pyro.figures import posterior_draws, prior_draws
 from vae_pyro.model import VAE, build_elbo
 from vae_pyro.sample import sample
@@ -346,3 +347,32 @@ def test_released_checkpoint_still_loads_as_the_plain_model(tmp_path):
         "diagonal",
         1,
     )
+
+
+@pytest.mark.parametrize(("name", "layers"), [("vamp_tw18", 1), ("hvae_vamp_tw18", 2)])
+def test_the_tw18_presets_are_the_papers_settings(name, layers, make_cfg):
+    cfg = make_cfg(f"+experiment={name}")
+    config.refuse_unread(cfg, config.TrainConfig)  # every key read
+    run = config.to_object(cfg, config.TrainConfig)
+    m = run.model
+    assert (m.z_dim, m.hidden_dim, m.hidden_layers) == (40, 300, 2)
+    assert (m.activation, m.init) == ("gated", "he")
+    assert (m.scale_param, m.scale_bounds, m.kl_warmup_epochs) == ("logvar", [-6.0, 2.0], 100)
+    assert (m.prior.name, m.prior.components, m.latent_layers) == ("vamp", 500, layers)
+    assert (run.data.binarize, run.data.subset, run.data.batch_size) == ("dynamic", 50000, 100)
+    assert run.optim.lr == 5e-4
+    if layers == 2:
+        assert (m.lower_z_dim, m.decoder_reads, m.decoder_input_dim) == (40, "z1z2", 80)
+
+
+def test_keys_of_the_new_parts_are_refused_where_unread_or_out_of_range(make_cfg):
+    cfg = make_cfg("model=conv", "model.activation=gated")
+    with pytest.raises(VaePyroError, match=r"activation=gated is not read by model.arch=conv"):
+        config.refuse_unread(cfg, config.TrainConfig)
+    for given in ([2, -6], [0, float("inf")], [1]):
+        with pytest.raises(VaePyroError, match="use two finite numbers, low < high"):
+            ModelConfig(scale_bounds=given)
+    with pytest.raises(VaePyroError, match=r"model.activation=relu is not allowed: use softplu"):
+        ModelConfig(activation="relu")
+    with pytest.raises(VaePyroError, match=r"model.init=xavier is not allowed: use default \| he"):
+        ModelConfig(init="xavier")

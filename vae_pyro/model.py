@@ -16,7 +16,7 @@ from torch import nn
 
 from vae_pyro.config import ElboConfig, ModelConfig, to_object
 from vae_pyro.errors import VaePyroError
-from vae_pyro.networks import ARCHS, LowerLayer, PixelDecoder
+from vae_pyro.networks import ARCHS, INITS, LowerLayer, PixelDecoder
 from vae_pyro.posteriors import POSTERIORS
 from vae_pyro.priors import PRIORS
 
@@ -55,6 +55,14 @@ LIKELIHOODS: dict[str, PixelModel] = {
 }
 
 
+# model.decoder_reads -> what the decoder of two stochastic layers reads, from (z2, z1); each
+# may carry leading particle dims. The choice's names are config.ModelConfig.decoder_reads's.
+DECODER_READS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "z1": lambda top, lower: lower,  # p(x | z1): the hierarchy of Burda et al.
+    "z1z2": lambda top, lower: torch.cat([lower, top], -1),  # p(x | z1, z2): Tomczak & Welling
+}
+
+
 def _kl_weighted(kl_scale: float) -> AbstractContextManager:
     """Weight of the latent site's log-densities: poutine.scale demands > 0, so 0 is a mask
     (which zeroes the site's terms in every ELBO, the analytic KL included); 1, the plain
@@ -75,6 +83,9 @@ class VAE(nn.Module):
     configured prior) and z1 below (site "lower", lower_z_dim dims), the decoder reading z1:
 
         z2 ~ p(z2),   z1 ~ N(mu(z2), diag sigma(z2)^2),   x ~ p(x | z1)
+
+    or x ~ p(x | z1, z2) with ``cfg.decoder_reads = "z1z2"`` (the decoder reads both, side by
+    side),
 
     inferred top-down, as the HVAE of Tomczak & Welling (2018, sec. 3.2):
     q(z2 | x) q(z1 | x, z2), q(z2 | x) the configured posterior on the encoder and
@@ -119,6 +130,9 @@ class VAE(nn.Module):
         self.layers = self.cfg.latent_layers
         # p(z1 | z2) and q(z1 | x, z2) of two layers; an empty module for one (no weights).
         self.lower = LowerLayer(self.cfg) if self.layers == 2 else nn.Module()
+        self.reads = DECODER_READS[self.cfg.decoder_reads]  # (z2, z1) -> the decoder's input
+        for net in (self.encoder, self.decoder, self.lower):
+            INITS[self.cfg.init](net)
 
     def prior(self, batch: int, like: torch.Tensor) -> dist.Distribution:
         """p(z) for `batch` images, on like's device and dtype."""
@@ -144,8 +158,9 @@ class VAE(nn.Module):
 
     def descend(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder's input at a point z of the top layer: the mean of p(z1 | z2) with two
-        layers, z itself with one (what interpolations, grids and given codes decode)."""
-        return z if self.layers == 1 else self.lower.prior(z)[0]
+        layers (beside z where the decoder reads both), z itself with one (what interpolations,
+        grids and given codes decode)."""
+        return z if self.layers == 1 else self.reads(z, self.lower.prior(z)[0])
 
     def code(self, x: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         """One deterministic point of q per image: of the top layer (its mean for the diagonal
@@ -158,11 +173,11 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def posterior_sample(self, x: torch.Tensor, num: int) -> torch.Tensor:
-        """num draws per image of the layer the decoder reads, through every layer of q:
-        (num, batch, decoder z dims)."""
+        """num draws per image of what the decoder reads, through every layer of q:
+        (num, batch, decoder input dims)."""
         loc, scale, hidden = self._encode(x)
         z = self.posterior_net(loc, scale, hidden).sample((num,))
-        return z if self.layers == 1 else self.lower_posterior(hidden, z).sample()
+        return z if self.layers == 1 else self.reads(z, self.lower_posterior(hidden, z).sample())
 
     def importance(self, x: torch.Tensor) -> Callable[..., tuple[dict[str, torch.Tensor], Any]]:
         """For images x (b, C, H, W), with the encoder's pass made once: a function
@@ -183,9 +198,10 @@ class VAE(nn.Module):
             sites = {"latent": z}
             if self.layers == 2:
                 p_lower, q_lower = self.lower_prior(z), self.lower_posterior(hidden, z)
-                z = given["lower"] if "lower" in given else q_lower.sample()
-                log_w = log_w + p_lower.log_prob(z) - q_lower.log_prob(z)
-                sites["lower"] = z
+                z1 = given["lower"] if "lower" in given else q_lower.sample()
+                log_w = log_w + p_lower.log_prob(z1) - q_lower.log_prob(z1)
+                sites["lower"] = z1
+                z = self.reads(z, z1)
             return sites, log_w + self.log_likelihood(z, flat)
 
         return weigh
@@ -209,7 +225,7 @@ class VAE(nn.Module):
 
         With two layers z is z2 and one more site sits between it and x:
 
-            z1 ~ p(z1 | z2)   "lower"   (scaled by kl_scale too); x ~ p(x | z1)
+            z1 ~ p(z1 | z2)   "lower"   (scaled by kl_scale too); x ~ p(x | z1) or p(x | z1, z2)
 
         The decoder is registered with Pyro, and the prior's learned parts (pseudo-inputs,
         mixture components) and the encoder when p(z) has or reads them, and p(z1 | z2).
@@ -226,7 +242,7 @@ class VAE(nn.Module):
             with _kl_weighted(kl_scale):
                 z = pyro.sample("latent", self.prior(batch, x))
                 if self.layers == 2:
-                    z = pyro.sample("lower", self.lower_prior(z))
+                    z = self.reads(z, pyro.sample("lower", self.lower_prior(z)))
             pyro.sample("obs", self.likelihood(z), obs=x.reshape(batch, -1))
 
     def guide(self, x: torch.Tensor, kl_scale: float = 1.0) -> None:
@@ -268,7 +284,7 @@ class VAE(nn.Module):
         the continuous Bernoulli."""
         z = self.prior(n, next(self.parameters())).sample()
         if self.layers == 2:
-            z = self.lower_prior(z).sample()
+            z = self.reads(z, self.lower_prior(z).sample())
         likelihood = self.likelihood(z)
         means = likelihood.mean.reshape(n, *self.image_shape)
         return (means, likelihood.sample().reshape(n, *self.image_shape)) if draws else means

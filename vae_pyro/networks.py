@@ -8,6 +8,7 @@ line up with it. Image shape comes from the data as (C, H, W).
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -28,12 +29,48 @@ SCALE_PARAMS = {
 }
 
 
-def _deeper(width: int, layers: int, activation: nn.Module) -> nn.Sequential:
-    """The hidden layers after the first: (Linear(width, width), activation) x (layers - 1).
+def _clipped(transform: Callable, low: float, high: float, h: torch.Tensor) -> torch.Tensor:
+    return transform(F.hardtanh(h, low, high))
+
+
+def to_scale(scale_param: str, bounds: Sequence[float] | None = None) -> Callable:
+    """fc22 -> scale: SCALE_PARAMS[scale_param], after clipping fc22 to bounds (model.scale_bounds,
+    hardtanh: no gradient outside) when given."""
+    transform = SCALE_PARAMS[scale_param]
+    return transform if bounds is None else functools.partial(_clipped, transform, *bounds)
+
+
+# model.activation -> a hidden layer (in_dim, width) -> (its Linear, the nonlinearity after it).
+# Always one Linear, so the parameter names (fc1, deeper.N) are the same whichever it is.
+Layer = Callable[[int, int], tuple[nn.Linear, nn.Module]]
+ACTIVATIONS: dict[str, Layer] = {
+    "softplus": lambda i, o: (nn.Linear(i, o), nn.Softplus()),  # Pyro's tutorial
+    # gated dense (Dauphin et al. 2017; Tomczak & Welling 2018): (W1 x + b1) * sigmoid(W2 x + b2),
+    # W1 and W2 stacked in one Linear of 2 * width outputs, split by GLU
+    "gated": lambda i, o: (nn.Linear(i, 2 * o), nn.GLU(dim=-1)),
+}
+
+
+def _relu(i: int, o: int) -> tuple[nn.Linear, nn.Module]:
+    return nn.Linear(i, o), nn.ReLU()
+
+
+def _deeper(width: int, layers: int, layer: Layer) -> nn.Sequential:
+    """The hidden layers after the first: (Linear, nonlinearity) x (layers - 1).
     Empty for one hidden layer, so such networks keep the seed's parameter names."""
-    return nn.Sequential(
-        *(m for _ in range(layers - 1) for m in (nn.Linear(width, width), activation))
-    )
+    return nn.Sequential(*(m for _ in range(layers - 1) for m in layer(width, width)))
+
+
+def he_init(module: nn.Module) -> None:
+    """Every Linear weight of `module` from N(0, 2 / fan_in) (He et al. 2015), biases kept:
+    the initialisation of Tomczak & Welling's code (a gated layer's two halves alike)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / m.in_features))
+
+
+# model.init -> what is done to the networks' fresh weights (PyTorch's own init, or He's).
+INITS: dict[str, Callable[[nn.Module], None]] = {"default": lambda module: None, "he": he_init}
 
 
 class GaussianEncoder(nn.Module, ABC):
@@ -41,9 +78,11 @@ class GaussianEncoder(nn.Module, ABC):
     fc21 (loc) and fc22 (scale, via scale_param) on `features`, written once for every encoder.
     A flow posterior is conditioned on h(x) too."""
 
-    def _add_heads(self, hidden_dim: int, z_dim: int, scale_param: str) -> None:
+    def _add_heads(
+        self, hidden_dim: int, z_dim: int, scale_param: str, bounds: Sequence[float] | None
+    ) -> None:
         """Called where the subclass's layers end, so the parameter names and order stay."""
-        self._to_scale = SCALE_PARAMS[scale_param]
+        self._to_scale = to_scale(scale_param, bounds)
         self.fc21 = nn.Linear(hidden_dim, z_dim)
         self.fc22 = nn.Linear(hidden_dim, z_dim)
 
@@ -88,8 +127,8 @@ class PixelDecoder(nn.Module, ABC):
 
 class ConditionalGaussian(GaussianEncoder):
     """A diagonal Normal over z_dim dims given a vector: fc1 and `hidden_layers - 1` more dense
-    layers (softplus), then the heads. The conditionals of a two-layer hierarchy: p(z1 | z2)
-    reads z2; q(z1 | x, z2) reads the image encoder's hidden state h(x) beside z2."""
+    layers (ACTIVATIONS[activation]), then the heads. The conditionals of a two-layer hierarchy:
+    p(z1 | z2) reads z2; q(z1 | x, z2) reads the image encoder's hidden state h(x) beside z2."""
 
     def __init__(
         self,
@@ -98,20 +137,22 @@ class ConditionalGaussian(GaussianEncoder):
         hidden_dim: int,
         scale_param: str = "exp",
         hidden_layers: int = 1,
+        activation: str = "softplus",
+        scale_bounds: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(in_dim, hidden_dim)
-        self.deeper = _deeper(hidden_dim, hidden_layers, nn.Softplus())
-        self._add_heads(hidden_dim, z_dim, scale_param)
-        self.softplus = nn.Softplus()
+        layer = ACTIVATIONS[activation]
+        self.fc1, self.act = layer(in_dim, hidden_dim)
+        self.deeper = _deeper(hidden_dim, hidden_layers, layer)
+        self._add_heads(hidden_dim, z_dim, scale_param, scale_bounds)
 
     def features(self, v: torch.Tensor) -> torch.Tensor:
-        return self.deeper(self.softplus(self.fc1(v)))
+        return self.deeper(self.act(self.fc1(v)))
 
 
 class Encoder(ConditionalGaussian):
     """The MLP encoder: the conditional Gaussian of the flattened image (fc1 and
-    `hidden_layers - 1` more dense layers, softplus, then the heads)."""
+    `hidden_layers - 1` more dense layers, softplus or gated, then the heads)."""
 
     def __init__(
         self,
@@ -120,8 +161,13 @@ class Encoder(ConditionalGaussian):
         hidden_dim: int,
         scale_param: str = "exp",
         hidden_layers: int = 1,
+        activation: str = "softplus",
+        scale_bounds: Sequence[float] | None = None,
     ) -> None:
-        super().__init__(math.prod(image_shape), z_dim, hidden_dim, scale_param, hidden_layers)
+        in_dim = math.prod(image_shape)
+        super().__init__(
+            in_dim, z_dim, hidden_dim, scale_param, hidden_layers, activation, scale_bounds
+        )
         self.image_shape = tuple(image_shape)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,9 +176,9 @@ class Encoder(ConditionalGaussian):
 
 class Decoder(PixelDecoder):
     """The MLP decoder (Pyro's tutorial network): fc1 and `hidden_layers - 1` more dense layers
-    (softplus), then fc21 to one logit per pixel. Which distribution the logits parametrize
-    (Bernoulli, continuous Bernoulli, Gaussian) is the likelihood's business, not the
-    decoder's."""
+    (softplus, or gated), then fc21 to one logit per pixel. Which distribution the logits
+    parametrize (Bernoulli, continuous Bernoulli, Gaussian) is the likelihood's business, not
+    the decoder's. z_dim is its input's size (z1 and z2 together where it reads both)."""
 
     def __init__(
         self,
@@ -141,18 +187,19 @@ class Decoder(PixelDecoder):
         hidden_dim: int,
         learn_scale: bool = False,
         hidden_layers: int = 1,
+        activation: str = "softplus",
     ) -> None:
         super().__init__()
         self.image_shape = tuple(image_shape)
         out_dim = math.prod(self.image_shape)
-        self.fc1 = nn.Linear(z_dim, hidden_dim)
-        self.deeper = _deeper(hidden_dim, hidden_layers, nn.Softplus())
+        layer = ACTIVATIONS[activation]
+        self.fc1, self.act = layer(z_dim, hidden_dim)
+        self.deeper = _deeper(hidden_dim, hidden_layers, layer)
         self.fc21 = nn.Linear(hidden_dim, out_dim)
-        self.softplus = nn.Softplus()
         self._add_log_scale(learn_scale)
 
     def hidden(self, z: torch.Tensor) -> torch.Tensor:
-        return self.deeper(self.softplus(self.fc1(z)))
+        return self.deeper(self.act(self.fc1(z)))
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         return self.fc21(self.hidden(z))
@@ -173,9 +220,9 @@ class LowerLayer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         top, lower, width = cfg.z_dim, cfg.decoder_z_dim, cfg.hidden_dim
-        depth, scale = cfg.hidden_layers, cfg.scale_param
-        self.prior = ConditionalGaussian(top, lower, width, scale, depth)
-        self.posterior = ConditionalGaussian(width + top, lower, width, scale, depth)
+        layers = (cfg.scale_param, cfg.hidden_layers, cfg.activation, cfg.scale_bounds)
+        self.prior = ConditionalGaussian(top, lower, width, *layers)
+        self.posterior = ConditionalGaussian(width + top, lower, width, *layers)
 
 
 def conv_feature_sizes(height: int, width: int, n: int) -> list[tuple[int, int]]:
@@ -208,6 +255,7 @@ class ConvEncoder(GaussianEncoder):
         channels: Sequence[int] = (32, 64, 128),
         scale_param: str = "exp",
         hidden_layers: int = 1,
+        scale_bounds: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         self.image_shape = tuple(image_shape)
@@ -219,8 +267,8 @@ class ConvEncoder(GaussianEncoder):
             layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
         self.conv = nn.Sequential(*layers)
         self.fc1 = nn.Linear(channels[-1] * math.prod(sizes[-1]), hidden_dim)
-        self.deeper = _deeper(hidden_dim, hidden_layers, nn.ReLU())
-        self._add_heads(hidden_dim, z_dim, scale_param)
+        self.deeper = _deeper(hidden_dim, hidden_layers, _relu)
+        self._add_heads(hidden_dim, z_dim, scale_param, scale_bounds)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.conv(x.reshape(-1, *self.image_shape)).flatten(start_dim=1)
@@ -249,7 +297,7 @@ class ConvDecoder(PixelDecoder):
         sizes = conv_feature_sizes(h, w, len(channels))
         self.feature_shape = (channels[-1], *sizes[-1])
         self.fc1 = nn.Linear(z_dim, hidden_dim)
-        self.deeper = _deeper(hidden_dim, hidden_layers, nn.ReLU())
+        self.deeper = _deeper(hidden_dim, hidden_layers, _relu)
         self.fc2 = nn.Linear(hidden_dim, math.prod(self.feature_shape))
         layers: list[nn.Module] = []
         outs = (*channels[-2::-1], c)  # channels reversed, then the image's
@@ -274,15 +322,41 @@ class ConvDecoder(PixelDecoder):
 Networks = tuple[GaussianEncoder, PixelDecoder]
 ARCHS: dict[str, Callable[[tuple[int, ...], ModelConfig, bool], Networks]] = {
     "mlp": lambda shape, cfg, learn_scale: (
-        Encoder(shape, cfg.z_dim, cfg.hidden_dim, cfg.scale_param, cfg.hidden_layers),
-        Decoder(shape, cfg.decoder_z_dim, cfg.hidden_dim, learn_scale, cfg.hidden_layers),
+        Encoder(
+            shape,
+            cfg.z_dim,
+            cfg.hidden_dim,
+            cfg.scale_param,
+            cfg.hidden_layers,
+            cfg.activation,
+            cfg.scale_bounds,
+        ),
+        Decoder(
+            shape,
+            cfg.decoder_input_dim,
+            cfg.hidden_dim,
+            learn_scale,
+            cfg.hidden_layers,
+            cfg.activation,
+        ),
     ),
     "conv": lambda shape, cfg, learn_scale: (
         ConvEncoder(
-            shape, cfg.z_dim, cfg.hidden_dim, cfg.channels, cfg.scale_param, cfg.hidden_layers
+            shape,
+            cfg.z_dim,
+            cfg.hidden_dim,
+            cfg.channels,
+            cfg.scale_param,
+            cfg.hidden_layers,
+            cfg.scale_bounds,
         ),
         ConvDecoder(
-            shape, cfg.decoder_z_dim, cfg.hidden_dim, cfg.channels, learn_scale, cfg.hidden_layers
+            shape,
+            cfg.decoder_input_dim,
+            cfg.hidden_dim,
+            cfg.channels,
+            learn_scale,
+            cfg.hidden_layers,
         ),
     ),
 }
