@@ -4,15 +4,15 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from vae_pyro.cli import CONF_DIR
 from vae_pyro.errors import VaePyroError
 from vae_pyro.train import train
 
-README = (CONF_DIR.parent / "README.md").read_text()
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
 def _run(args, cwd):

@@ -1,5 +1,6 @@
-"""The README cannot drift: every command of its quick start runs, in order, in a fresh folder,
-and its Python API example runs on the quick start's run.
+"""The README cannot drift: its set-up lines run the quick start, every command of the quick
+start runs, in order, in a fresh folder, its Python API example runs on the quick start's run, and
+every relative link of the README and docs/ names a file (and heading) that exists.
 
 Training is shortened (512 images, one epoch; evaluate on 50 test images) unless
 VAE_PYRO_README_FULL=1, which runs the blocks exactly as written (about two minutes)."""
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
 FULL = os.environ.get("VAE_PYRO_README_FULL") == "1"
 
 
@@ -26,6 +28,45 @@ def blocks(section: str, language: str) -> list[str]:
     end = text.find("\n## ", start + 1)
     body = text[start : end if end > 0 else None]
     return re.findall(rf"```{language}\n(.*?)```", body, flags=re.S)
+
+
+def test_set_up_is_two_lines_install_and_quick_start_then_tests():
+    """The first block a new user copies: install + the quick start's training + the figure to
+    open, then install + tests; the tests never run before the quick start."""
+    install, tests = blocks("Set up", "")[0].splitlines()
+    (train,) = [c for c in blocks("Quick start", "bash")[0].splitlines() if "vae_pyro.train" in c]
+    steps = install.split(" && ")
+    assert steps[0] == "pip install -e ." and steps[1] == train, steps
+    assert "pytest" not in install and steps[-1].startswith("echo open ")
+    figure = steps[-1].removeprefix("echo open ")
+    assert figure == "outputs/quickstart/figures/reconstructions.png"
+    assert tests == 'pip install -e ".[dev]" && python -m pytest'
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_relative_links_of_the_readme_and_docs_resolve():
+    pages = [README, *sorted((REPO / "docs").glob("*.md"))]
+    assert len(pages) > 5, "docs/ is where the reference lives"
+    broken = []
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # https:, mailto:
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            if not file.exists():
+                broken.append(f"{page.name}: {target}")
+            elif anchor and file.suffix == ".md":
+                headings = re.findall(r"^#+ (.*)$", file.read_text(), flags=re.M)
+                if anchor not in {_slug(h) for h in headings}:
+                    broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken, broken
 
 
 def shortened(command: str) -> str:
