@@ -24,11 +24,14 @@ def _job(
     nll: float | None = None,
     overrides: list[str] | None = None,
     epochs: int = 2,
+    evaluated: dict | None = None,
+    extra: dict | None = None,
 ) -> Path:
     job = root / name
     (job / ".hydra").mkdir(parents=True)
     cfg = {"seed": seed, "model": {"z_dim": z_dim, "hidden_dim": 16}, "trainer": {"epochs": epochs}}
-    OmegaConf.save(OmegaConf.create(cfg), job / ".hydra" / "config.yaml")
+    cfg = OmegaConf.merge(cfg, extra or {})  # what the overrides changed
+    OmegaConf.save(cfg, job / ".hydra" / "config.yaml")
     OmegaConf.save(OmegaConf.create(overrides or []), job / ".hydra" / "overrides.yaml")
     lines = [
         {"epoch": e, "train_loss": test + 1, "test_loss": test, "seconds": 1.0}
@@ -36,7 +39,7 @@ def _job(
     ]
     (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     if nll is not None:
-        (job / "eval.json").write_text(json.dumps({"nll": nll}))
+        (job / "eval.json").write_text(json.dumps({"nll": nll, **(evaluated or {})}))
     return job
 
 
@@ -105,3 +108,97 @@ def test_an_unknown_key_is_refused(tmp_path, capsys):
         report.main([f"dir={tmp_path}"])
     assert stop.value.code == 2
     assert "unknown argument dir=" in capsys.readouterr().err
+
+
+def _evaluated(epoch: int, images: int, step: int | None = None) -> dict:
+    """The fields of vae_pyro.evaluate's eval.json that say what it scored."""
+    fingerprint = {"sha256": "0" * 64, "train": 60000, "test": 10000, "source": "data"}
+    return {
+        "checkpoint_epoch": epoch,
+        "checkpoint_step": step,
+        "num_images": images,
+        "data_fingerprint": fingerprint,
+    }
+
+
+def test_each_nll_says_its_epoch_and_images_and_a_stale_one_is_marked(tmp_path, capsys):
+    """An eval.json of an earlier checkpoint, or of a subset of the test images, is not put
+    beside the final test loss without a word."""
+    for name, seed, evaluated in [
+        ("0", 0, _evaluated(3, 10000)),
+        ("1", 1, _evaluated(1, 10000)),
+        ("2", 2, _evaluated(3, 500)),
+    ]:
+        overrides = [f"seed={seed}"]
+        _job(
+            tmp_path,
+            name,
+            seed=seed,
+            z_dim=2,
+            test=100.0,
+            nll=90.0,
+            epochs=3,
+            overrides=overrides,
+            evaluated=evaluated,
+        )
+    assert report.main([f"sweep_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "| -log p(x) (eval.json) |" in out and "stale: not of the final epoch" in out
+    assert "| 0 | seed=0 | 100.00 | 101.00 | 90.00 (epoch 3, 10000 images) | 3 |" in out
+    assert "| 90.00 (stale: epoch 1 of 3, 10000 images) |" in out
+    assert "| 90.00 (epoch 3, 500 of 10000 images) |" in out
+    assert "| 90.00 +- 0.00 (n=3; 1 stale, 1 on a test subset) |" in out  # over seeds
+    with (tmp_path / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["nll_epoch"], r["nll_images"], r["nll_stale"]) for r in rows] == [
+        ("3", "10000", "False"),
+        ("1", "10000", "True"),
+        ("3", "500", "False"),
+    ]
+
+
+def test_an_nll_of_a_checkpoint_inside_an_epoch_is_stale(tmp_path, capsys):
+    _job(tmp_path, "0", seed=0, z_dim=2, test=1.0, nll=0.5, evaluated=_evaluated(2, 10000, 7))
+    _job(tmp_path, "1", seed=0, z_dim=5, test=2.0)
+    assert report.main([str(tmp_path)]) == 0
+    assert "| 0.50 (stale: epoch 2 + 7 steps of 2, 10000 images) |" in capsys.readouterr().out
+
+
+def _plotted(monkeypatch) -> dict:
+    """What report hands to plots.sweep_summary (the summary.png is still drawn)."""
+    given: dict = {}
+    real = report.plots.sweep_summary
+
+    def spy(points, path, x_label, title=""):
+        given.update(points=points, x_label=x_label)
+        return real(points, path, x_label, title)
+
+    monkeypatch.setattr(report.plots, "sweep_summary", spy)
+    return given
+
+
+def test_summary_png_plots_against_the_key_the_runs_vary(tmp_path, monkeypatch):
+    """Not always model.z_dim: here it is the same in every job, and hidden_dim and lr vary."""
+    for i, (hidden, lr) in enumerate([(100, 0.001), (200, 0.001), (400, 0.001), (100, 0.01)]):
+        over = [f"model.hidden_dim={hidden}", f"optim.lr={lr}"]
+        extra = {"model": {"hidden_dim": hidden}, "optim": {"lr": lr}}
+        _job(tmp_path, str(i), seed=0, z_dim=5, test=100.0 - i, overrides=over, extra=extra)
+    given = _plotted(monkeypatch)
+    assert report.main([str(tmp_path)]) == 0
+    assert given["x_label"] == "model.hidden_dim"
+    assert [(p.x, p.line, p.loss) for p in given["points"]] == [
+        (100.0, "optim.lr=0.001", 100.0),
+        (200.0, "optim.lr=0.001", 99.0),
+        (400.0, "optim.lr=0.001", 98.0),
+        (100.0, "optim.lr=0.01", 97.0),
+    ]
+
+
+def test_summary_png_of_a_choice_is_a_categorical_axis(tmp_path, monkeypatch):
+    for i, prior in enumerate(["standard", "vamp", "mog"]):
+        over, extra = [f"model/prior={prior}"], {"model": {"prior": {"name": prior}}}
+        _job(tmp_path, str(i), seed=0, z_dim=5, test=90.0 + i, overrides=over, extra=extra)
+    given = _plotted(monkeypatch)
+    assert report.main([str(tmp_path)]) == 0
+    assert given["x_label"] == "model/prior"
+    assert [p.x for p in given["points"]] == ["standard", "vamp", "mog"]

@@ -347,3 +347,33 @@ def test_cli_bad_run_dir_is_one_line(runs, tmp_path, kind, message):
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert kind != "missing" or not run.exists()
+
+
+@pytest.mark.slow
+def test_cli_z_file_reads_one_array_of_a_npz_and_errors_name_the_file(runs, tmp_path):
+    """z_file=codes.npz decodes as the same codes in a .npy do; a .npz of several arrays, or
+    codes of the wrong length, is one line naming the file."""
+    codes = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
+    np.save(tmp_path / "codes.npy", codes)
+    np.savez(tmp_path / "codes.npz", codes=codes)
+    np.savez(tmp_path / "two.npz", mu=codes, sigma=codes)
+    np.save(tmp_path / "short.npy", codes[:, :5])
+    run = f"run_dir={runs['z8']}"
+    by_npy = sample(
+        sample_cfg(runs["z8"], f"out_dir={tmp_path / 'npy'}", f"z_file={tmp_path}/codes.npy")
+    )
+    proc = _cli(
+        [run, "device=cpu", f"z_file={tmp_path}/codes.npz", f"out_dir={tmp_path}/npz"], cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(tmp_path / "npz" / "decoded.png")]
+    assert (tmp_path / "npz" / "decoded.png").read_bytes() == by_npy["decoded"].read_bytes()
+    for name, message in [
+        ("two.npz", "holds 2 arrays (keys: mu, sigma); save one array of shape (N, z_dim)"),
+        ("short.npy", f"z_file: {tmp_path}/short.npy: vector 0 has 5 numbers; this run's latent"),
+    ]:
+        proc = _cli([run, f"z_file={tmp_path}/{name}", f"out_dir={tmp_path}/no"], cwd=tmp_path)
+        assert proc.returncode == 2
+        assert proc.stderr.startswith("vae_pyro.sample: error: z_file: "), proc.stderr
+        assert message in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert not (tmp_path / "no").exists()

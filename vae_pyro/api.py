@@ -7,14 +7,21 @@
     loc, scale = vae.encode(images)
     vae.log_likelihood(images, num_particles=1000)                 # nats per image
 
-Images are tensors shaped (N, C, H, W), (N, H, W) or one (C, H, W) / (H, W) image, with values in
-[0, 1]; everything returned is on the model's device, without gradients.
+Images are float tensors (or arrays) shaped (N, C, H, W) or one (C, H, W) image, grey ones also
+(N, H, W) or (H, W), with values in [0, 1]; latent codes are (N, z_dim) or one (z_dim,); counts are
+integers >= 1. Anything else is one VaePyroError saying what the model takes, never a silent
+reshape. Everything returned is on the model's device, without gradients.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
+import logging
+import operator
+import re
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -49,14 +56,13 @@ class TrainedVAE:
     def device(self) -> torch.device:
         return next(self.vae.parameters()).device
 
-    def _images(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.as_tensor(x, dtype=torch.float32, device=self.device)
-        shape = self.image_shape
-        if x.dim() in (len(shape) - 1, len(shape)) and x.numel() == math.prod(shape):
-            x = x.reshape(1, *shape)  # one image
-        if x.numel() % math.prod(shape) or x.shape[-2:] != shape[-2:]:
-            raise VaePyroError(f"images of shape {tuple(x.shape)}: this model takes {shape}")
-        return x.reshape(-1, *shape)
+    def _images(self, x: Any) -> torch.Tensor:
+        """Images as the model's batch (N, C, H, W) (_batch). Grey ones may come without their
+        channel axis, (N, H, W) or (H, W): it is added, the one liberty taken."""
+        c, h, w = self.image_shape
+        if c == 1 and getattr(x, "ndim", 0) in (2, 3) and tuple(x.shape[-2:]) == (h, w):
+            x = torch.as_tensor(x).unsqueeze(-3)
+        return _batch(x, "images", self.image_shape, self.device, unit=True)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, distribution: bool = False) -> Any:
@@ -74,7 +80,7 @@ class TrainedVAE:
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The mean of p(x | z) for each latent vector, as images (N, C, H, W); with two layers
         z is a point of the top layer, decoded through the mean of p(z1 | z2)."""
-        z = torch.as_tensor(z, dtype=torch.float32, device=self.device).reshape(-1, self.z_dim)
+        z = _batch(z, "z", (self.z_dim,), self.device)
         return self.vae.likelihood(self.vae.descend(z)).mean.reshape(-1, *self.image_shape)
 
     @property
@@ -89,15 +95,15 @@ class TrainedVAE:
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
         """n images decoded from z ~ p(z) (the mean of p(x | z) of each draw)."""
-        return self.vae.sample_prior(n)
+        return self.vae.sample_prior(_count(n, "n"))
 
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, num_particles: int = 1000) -> torch.Tensor:
         """The importance-weighted estimate of log p(x) per image (Burda et al. 2015), nats."""
         from vae_pyro.evaluate import importance_sample
 
-        stats = importance_sample(self.vae, self._images(x), num_particles)
-        return stats["log_px"]
+        x, k = self._images(x), _count(num_particles, "num_particles")
+        return importance_sample(self.vae, x, k)["log_px"]
 
     def __repr__(self) -> str:
         model = self.config.get("model", {})
@@ -105,6 +111,52 @@ class TrainedVAE:
             f"TrainedVAE({self.run_dir}, epoch {self.epoch}, z_dim {self.z_dim}, "
             f"prior {model.get('prior', {}).get('name', 'standard')}, on {self.device})"
         )
+
+
+def _batch(
+    value: Any, name: str, shape: tuple[int, ...], device: torch.device, unit: bool = False
+) -> torch.Tensor:
+    """`value` as a float32 batch (N, *shape) on `device`, or one VaePyroError saying what this
+    model takes: real numbers (floats in [0, 1] where `unit`, for images), finite, shaped
+    (N, *shape) or one item `shape`, which gains the batch axis. Nothing is reshaped: a
+    transposed or mis-sized array is refused, never read as scrambled data."""
+    dims = ", ".join(map(str, shape))
+    takes = f"this model takes {name} of shape (N, {dims}) or one of shape {shape}"
+    takes += ", floats in [0, 1]" if unit else ", real numbers"
+    try:
+        x = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise VaePyroError(f"{name}: not an array of numbers ({err}); {takes}") from None
+    if not x.dtype.is_floating_point and (unit or x.dtype in (torch.bool, torch.uint8)):
+        hint = " (pixels 0-255? x.float() / 255)" if x.dtype == torch.uint8 else ""
+        raise VaePyroError(f"{name} of dtype {x.dtype}{hint}: {takes}")
+    if x.dtype.is_complex:
+        raise VaePyroError(f"{name} of dtype {x.dtype}: {takes}")
+    x = x.unsqueeze(0) if tuple(x.shape) == shape else x
+    if tuple(x.shape[1:]) != shape or x.dim() != len(shape) + 1:
+        flipped = len(shape) == 1 and x.dim() == 2 and x.shape[0] == shape[0]
+        hint = f" (transposed? give {name}.T)" if flipped else ""
+        raise VaePyroError(f"{name} of shape {tuple(x.shape)}{hint}: {takes}")
+    if x.shape[0] == 0:
+        raise VaePyroError(f"{name}: an empty batch (0 of them); {takes}")
+    x = x.to(device=device, dtype=torch.float32)
+    if not bool(torch.isfinite(x).all()):
+        raise VaePyroError(f"{name} hold nan or inf: {takes}")
+    low, high = float(x.min()), float(x.max())
+    if unit and (low < 0 or high > 1):
+        raise VaePyroError(f"{name} range from {low:.3g} to {high:.3g}: {takes}")
+    return x
+
+
+def _count(value: Any, name: str) -> int:
+    """A count the caller gives (samples, particles): an integer >= 1, or one VaePyroError."""
+    try:
+        n = operator.index(value)  # int, numpy or torch integers; not 2.0, not "3"
+    except TypeError:
+        n = None
+    if n is None or isinstance(value, bool) or n < 1:
+        raise VaePyroError(f"{name}={value!r}: give an integer >= 1")
+    return n
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> TrainedVAE:
@@ -133,20 +185,50 @@ def _default_run_dir(overrides: list[str]) -> Path:
 
 def fit(*overrides: str, run_dir: str | Path | None = None) -> TrainResult:
     """Train as `python -m vae_pyro.train <overrides>` would (Hydra's compose API over the
-    same conf/), into run_dir (default outputs/<date>/<time>[_<experiment>])."""
+    same conf/), into run_dir (default outputs/<date>/<time>[_<experiment>]), with the same
+    record (.hydra/, train.log) and its epoch lines printed (where logging is not set up, as
+    in a notebook). A bad override or value is the CLI's one line, as a VaePyroError."""
     from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     from vae_pyro import runs
     from vae_pyro import train as training
-    from vae_pyro.files import shipped
+    from vae_pyro.cli import CONF_DIR, compose_message
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(shipped("conf", "conf"))):
-        cfg = compose(config_name="train", overrides=list(overrides))
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            cfg = compose(config_name="train", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise VaePyroError(compose_message("train", err)) from None
     if run_dir is None:  # a name of the same second is taken: the next (runs.next_free)
         run_dir = runs.next_free(_default_run_dir(list(overrides)))
-    loss = training.train(cfg, Path(run_dir))
-    runs.mark_latest(run_dir)  # outputs/latest, for a run inside outputs/
+    try:
+        with _printing():
+            loss = training.train(cfg, Path(run_dir), overrides)
+    except VaePyroError as err:  # the CLI's wording names its option; here it is run_dir
+        err.args = (re.sub(r"hydra\.run\.dir(?!=)", "run_dir", str(err)),)
+        raise
     return TrainResult(Path(run_dir), loss)
+
+
+@contextlib.contextmanager
+def _printing() -> Iterator[None]:
+    """vae_pyro's INFO lines (the epochs) on stdout while fit trains, unless the caller's
+    logging already shows them (the root logger has a handler)."""
+    if logging.getLogger().handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    package = logging.getLogger("vae_pyro")
+    level, package.level = package.level, logging.INFO
+    package.addHandler(handler)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(level)
 
 
 def metrics(run_dir: str | Path) -> list[dict[str, Any]]:

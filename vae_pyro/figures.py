@@ -12,6 +12,7 @@ anything that does (data, model) at import time, and matplotlib only when a figu
 
 # No `from __future__ import annotations`: OmegaConf reads the sections' field types at runtime.
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -276,32 +277,48 @@ def warn_light_background(paths: list[str], x: torch.Tensor, test: torch.Tensor)
 
 
 def given_z(scene: Scene) -> torch.Tensor:
-    """The latent vectors of z= or z_file=, each checked against the run's z_dim."""
+    """The latent vectors of z= or z_file=, each checked against the run's z_dim; an error
+    names where the vectors came from (z, or the file)."""
     z_dim = scene.vae.z_dim
     if scene.cfg.z is not None and scene.cfg.z_file is not None:
         raise VaePyroError("z and z_file both give latent vectors: give one of them")
-    vectors = scene.cfg.z if scene.cfg.z_file is None else read_codes(Path(scene.cfg.z_file))
+    if scene.cfg.z_file is None:
+        vectors, source = scene.cfg.z, "z"
+    else:
+        vectors, source = read_codes(Path(scene.cfg.z_file)), f"z_file: {scene.cfg.z_file}"
     for i, vector in enumerate(vectors):
         if len(vector) != z_dim:
             raise VaePyroError(
-                f"z: vector {i} has {len(vector)} numbers; this run's latent space has "
+                f"{source}: vector {i} has {len(vector)} numbers; this run's latent space has "
                 f"z_dim={z_dim} (give {z_dim} numbers per vector)"
             )
     return torch.tensor(vectors, dtype=torch.float32, device=next(scene.vae.parameters()).device)
 
 
 def read_codes(path: Path) -> list[list[float]]:
-    """Latent vectors from a .npy file of shape (N, z_dim) (or one vector, (z_dim,)): finite
-    numbers, as numpy.save writes them (no pickles)."""
+    """Latent vectors from a .npy file of shape (N, z_dim) (or one vector, (z_dim,)), or a .npz
+    holding one such array: finite numbers, as numpy.save or numpy.savez write them (no
+    pickles)."""
+    import zipfile
+
     import numpy as np
 
     try:
-        codes = np.load(path, allow_pickle=False)
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):  # a zip of named arrays: one is expected
+            with loaded:
+                if len(loaded.files) != 1:
+                    keys = ", ".join(loaded.files) or "none"
+                    raise VaePyroError(
+                        f"z_file: {path} holds {len(loaded.files)} arrays (keys: {keys}); "
+                        "save one array of shape (N, z_dim) (numpy.save, or numpy.savez with one)"
+                    )
+                loaded = loaded[loaded.files[0]]
     except FileNotFoundError:
         raise VaePyroError(f"z_file: no such file {path}") from None
-    except (OSError, ValueError) as err:
-        raise VaePyroError(f"z_file: cannot read {path} as a .npy array ({err})") from None
-    codes = codes.reshape(1, -1) if codes.ndim == 1 else codes
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise VaePyroError(f"z_file: cannot read {path} as a .npy or .npz array ({err})") from None
+    codes = loaded.reshape(1, -1) if loaded.ndim == 1 else loaded
     if codes.ndim != 2 or codes.shape[0] == 0 or codes.dtype.kind not in "biuf":
         raise VaePyroError(
             f"z_file: {path} holds a {codes.dtype} array of shape {codes.shape}; "
@@ -456,6 +473,27 @@ def _embedding(z: torch.Tensor, method: LatentMethod, seed: int) -> tuple[Any, .
     return points, axes, "PCA"
 
 
+def class_names(scene: Scene) -> list[str] | None:
+    """The legend's name of each label: the class folders of an image_folder run (ImageFolder
+    numbers them in sorted order), else None (the label is the name: a digit, a CIFAR index).
+
+    The test split carries no names and the Scene no data config, so the run's checkpoint says
+    where its folder is; a Split with a `classes` attribute would be read first."""
+    names = getattr(scene.test, "classes", None)
+    if names is not None:
+        return list(names)
+    from vae_pyro.checkpoint import read  # checkpoint imports config, which imports this module
+
+    data = read(Path(scene.cfg.run_dir) / "checkpoint.pt", map_location="cpu").config["data"]
+    if data.get("name") != "image_folder" or not data.get("path"):
+        return None
+    train = Path(data["path"]).expanduser() / "train"
+    try:
+        return sorted(entry.name for entry in os.scandir(train) if entry.is_dir())
+    except OSError:  # the folder moved since: the labels' numbers
+        return None
+
+
 @figure("latent", LatentFigure, check=_layer)
 def draw_latent(scene: Scene, opts: LatentFigure) -> Path:
     """The codes of every test image coloured by label: the plane itself for 2 dims (with
@@ -464,6 +502,7 @@ def draw_latent(scene: Scene, opts: LatentFigure) -> Path:
     from vae_pyro import plots
 
     vae, test, path, layer = scene.vae, scene.test, scene.path("latent"), _layer(scene, opts)
+    names = class_names(scene)
     z = posterior_means(vae, test.x, layer=layer)
     title = f"posterior means of {len(test)} test images"
     if vae.layers == 2:
@@ -472,13 +511,13 @@ def draw_latent(scene: Scene, opts: LatentFigure) -> Path:
     if dims == 2 and layer == vae.layers:
         grid = scene.cfg.manifold
         box = float(grid_values(grid.steps, grid.quantile)[-1])
-        return plots.latent_scatter(z, test.y, path, title=title, box=box)
+        return plots.latent_scatter(z, test.y, path, title=title, box=box, names=names)
     if dims == 1:
         points = torch.cat([z, test.y.unsqueeze(1).float()], 1)
-        return plots.latent_scatter(points, test.y, path, ("z1", "label"), title)
+        return plots.latent_scatter(points, test.y, path, ("z1", "label"), title, names=names)
     points, axes, method = _embedding(z, opts.method, scene.cfg.seed)
     title = f"{title}, {method} of {dims} dims"
-    return plots.latent_scatter(points, test.y, path, axes, title)
+    return plots.latent_scatter(points, test.y, path, axes, title, names=names)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import matplotlib
 import torch
@@ -48,7 +48,13 @@ def image_grid(images: torch.Tensor, nrow: int, pad: int = 2) -> torch.Tensor:
 
 
 def loss_curves(metrics: Sequence[dict], path: Path) -> Path:
-    """Train and test negative ELBO (nats per image) against epoch."""
+    """loss.png: loss_figure, saved."""
+    return _save(loss_figure(metrics), path, bbox_inches="tight")
+
+
+def loss_figure(metrics: Sequence[dict]) -> Figure:
+    """Train and test negative ELBO (nats per image) against epoch, at whole epochs only (one
+    tick for a one-epoch run, where matplotlib would otherwise mark 0.96, 0.98, ...)."""
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     epochs = [m["epoch"] for m in metrics]
@@ -57,12 +63,12 @@ def loss_curves(metrics: Sequence[dict], path: Path) -> Path:
     ax.plot(
         [m["epoch"] for m in tested], [m["test_loss"] for m in tested], label="test", marker="."
     )
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set_xlabel("epoch")
     ax.set_ylabel("-ELBO (nats per image)")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path, bbox_inches="tight")
+    return fig
 
 
 def reconstructions(inputs: torch.Tensor, recons: torch.Tensor, path: Path) -> Path:
@@ -189,11 +195,13 @@ def latent_scatter(
     title: str = "",
     box: float | None = None,
     figsize: tuple[float, float] = (6.4, 5.6),
+    names: Sequence[str] | None = None,
 ) -> Path:
     """(N, 2) points coloured by class label: does the code separate the classes unsupervised?
 
-    `box` draws the square [-box, box]^2 (the region a manifold figure shows). The PNG is
-    figsize * DPI pixels exactly.
+    `names[label]` names each class in the legend (an image folder's class folders), else the
+    label itself. `box` draws the square [-box, box]^2 (the region a manifold figure shows).
+    The PNG is figsize * DPI pixels exactly.
     """
     fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
@@ -209,36 +217,62 @@ def latent_scatter(
     point_colors = color_of[order].numpy()
     ax.scatter(*points[order].T, s=3, lw=0, c=point_colors, antialiased=False, rasterized=True)
     for c, color in zip(classes, colors, strict=True):
-        ax.scatter([], [], s=20, color=color, label=str(c))
+        name = names[c] if names is not None and 0 <= c < len(names) else str(c)
+        ax.scatter([], [], s=20, color=color, label=name)
     if box is not None:
         ax.add_patch(Rectangle((-box, -box), 2 * box, 2 * box, fill=False, ls="--", lw=0.8))
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
     ax.set_title(title, fontsize=10)
-    ax.legend(title="label", fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
+    ax.legend(
+        title="class" if names is not None else "label",
+        fontsize=8,
+        loc="center left",
+        bbox_to_anchor=(1, 0.5),
+    )
     return _save(fig, path, dpi=DPI)
 
 
-def sweep_summary(rows: Sequence[dict], path: Path, title: str = "") -> Path:
-    """Final test loss against z_dim, one line per hidden_dim (vae_pyro.report's rows).
+class SweepPoint(NamedTuple):
+    """One run of summary.png: the value of the key the runs vary, the line it belongs to (the
+    other varying keys' values, "" for one line) and its final test loss (None: failed or
+    unfinished)."""
 
-    Jobs that did not finish are red crosses on the top edge at their z_dim, so a hole in the
-    grid shows instead of silently missing. Points of one hidden_dim are joined only when each
-    z_dim occurs once (a grid); repeats (e.g. Optuna trials) stay unjoined markers.
+    x: float | str
+    line: str
+    loss: float | None
+
+
+def sweep_figure(points: Sequence[SweepPoint], x_label: str, title: str = "") -> Figure:
+    """Final test loss against the key the runs vary (`x_label`), one line per setting of the
+    others: a numeric axis for numbers (log-scaled when they span a decade), else one tick per
+    value in job order.
+
+    Jobs that did not finish are red crosses on the top edge at their value, so a hole in the
+    grid shows instead of silently missing. A line's points are joined only when each value
+    occurs once on it (a grid); repeats (seeds, Optuna trials) stay unjoined markers.
     """
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    numeric = [r for r in rows if isinstance(r["z_dim"], (int, float))]
-    ok = [r for r in numeric if r["status"] == "ok" and r["test_loss"] is not None]
-    for hidden in sorted({r["hidden_dim"] for r in ok}, key=str):
-        points = sorted((r["z_dim"], r["test_loss"]) for r in ok if r["hidden_dim"] == hidden)
-        zs = [z for z, _ in points]
-        style = "-" if len(set(zs)) == len(zs) else "none"
-        ax.plot(zs, [loss for _, loss in points], marker="o", ls=style, label=f"hidden {hidden}")
-    failed = [r for r in numeric if r not in ok]
+    numeric = all(isinstance(p.x, int | float) for p in points)
+    categories = list(dict.fromkeys(str(p.x) for p in points))
+
+    def at(x: float | str) -> float:
+        return float(x) if numeric else categories.index(str(x))
+
+    ok = [p for p in points if p.loss is not None and math.isfinite(p.loss)]
+    lines = list(dict.fromkeys(p.line for p in ok))
+    many = len(lines) > 10  # e.g. Optuna trials: markers without a legend of every setting
+    for line in [""] if many else lines:
+        xy = sorted((at(p.x), p.loss) for p in ok if many or p.line == line)
+        xs = [x for x, _ in xy]
+        style = "-" if len(set(xs)) == len(xs) else "none"
+        label = f"{len(lines)} settings" if many else line or None
+        ax.plot(xs, [loss for _, loss in xy], marker="o", ls=style, label=label)
+    failed = [p for p in points if p not in ok]
     if failed:
         ax.plot(
-            [r["z_dim"] for r in failed],
+            [at(p.x) for p in failed],
             [1.0] * len(failed),
             transform=ax.get_xaxis_transform(),
             ls="none",
@@ -249,15 +283,31 @@ def sweep_summary(rows: Sequence[dict], path: Path, title: str = "") -> Path:
             clip_on=False,
             label=f"failed / unfinished ({len(failed)})",
         )
-    zs = sorted({r["z_dim"] for r in numeric})
-    if zs and zs[0] > 0:
-        ax.set_xscale("log")
-        ax.set_xticks(zs, [f"{z:g}" for z in zs])
-        ax.minorticks_off()
-    ax.set_xlabel("z_dim (latent dimensions)")
+    _value_axis(ax, sorted({at(p.x) for p in points}), None if numeric else categories)
+    ax.set_xlabel(x_label)
     ax.set_ylabel("final test -ELBO (nats per image)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    return _save(fig, path, bbox_inches="tight")
+    return fig
+
+
+def _value_axis(ax: Any, values: list[float], categories: list[str] | None) -> None:
+    """Ticks at the values the runs took: the categories' names, or the numbers themselves
+    (on a log scale when they are positive and span a decade)."""
+    if categories is not None:
+        long = max((len(c) for c in categories), default=0) > 8
+        ax.set_xticks(range(len(categories)), categories, rotation=30 if long else 0)
+        ax.set_xlim(-0.5, len(categories) - 0.5)
+        return
+    if values and values[0] > 0 and values[-1] >= 10 * values[0]:
+        ax.set_xscale("log")
+    if len(values) <= 12:
+        ax.set_xticks(values, [f"{v:g}" for v in values])
+        ax.minorticks_off()
+
+
+def sweep_summary(points: Sequence[SweepPoint], path: Path, x_label: str, title: str = "") -> Path:
+    """summary.png of vae_pyro.report (sweep_figure)."""
+    return _save(sweep_figure(points, x_label, title), path, bbox_inches="tight")

@@ -2,9 +2,11 @@
 (or the path alone, `report multirun/<date>/<time>`; any folder holding run dirs works, e.g.
 outputs/).
 
-Writes summary.csv, summary.md and summary.png into that directory and prints the table. It
-reads each job's `.hydra/config.yaml` and `.hydra/overrides.yaml`, `metrics.jsonl`, `eval.json`
-(the importance-weighted -log p(x) of `vae_pyro.evaluate`, when there is one) and the
+Writes summary.csv, summary.md and summary.png (the test loss against the key the runs vary)
+into that directory and prints the table. It reads each job's `.hydra/config.yaml` and
+`.hydra/overrides.yaml`, `metrics.jsonl`, `eval.json` (the importance-weighted -log p(x) of
+`vae_pyro.evaluate`, when there is one, shown with the checkpoint epoch and the test images it
+scored, and marked stale when that is not the run's final epoch) and the
 `status.json` that `vae_pyro.train` writes in sweeps; never the logs, whose wording may change.
 A job whose files are damaged is a row marked `error`, and the others are still summarised. When
 runs differ only in `seed`, a second table gives the mean +- standard deviation over seeds.
@@ -16,6 +18,7 @@ directory of its own.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -32,7 +35,7 @@ from omegaconf import OmegaConf
 from vae_pyro import plots
 from vae_pyro.config import flatten
 from vae_pyro.errors import VaePyroError
-from vae_pyro.files import atomic_write, check_output, png_figure, text_starting, write_failed
+from vae_pyro.files import atomic_write, check_output, write_failed
 
 COLUMNS = [
     "job",
@@ -44,31 +47,36 @@ COLUMNS = [
     "lr",
     "test_loss",
     "nll",
+    "nll_epoch",
+    "nll_images",
+    "nll_stale",
     "train_loss",
     "epochs",
     "seconds",
     "status",
     "error",
 ]
-# What report writes into the folder, and how to tell its own earlier ones (only those are
-# replaced; a file of the same name that report did not write is refused).
-OUTPUTS = {
-    "summary.csv": text_starting("a summary.csv of vae_pyro.report", "job,overrides,"),
-    "summary.md": text_starting("a summary.md of vae_pyro.report", "# Sweep summary: "),
-    "summary.png": png_figure("a figure vae_pyro drew (a PNG tagged Software=vae_pyro)"),
-}
+OUTPUTS = ("summary.csv", "summary.md", "summary.png")  # what report writes (and redraws)
+# How to read the -log p(x) column, said once above the table.
+NLL_NOTE = (
+    " -log p(x) is eval.json's importance-weighted estimate (vae_pyro.evaluate), with the"
+    " checkpoint epoch and the test images it was computed on; stale: not of the final epoch,"
+    " so not comparable with the final test loss."
+)
 # Keys that never make runs differ in what they compute (where they run, how they resume).
 IGNORED = ("hydra.", "trainer.resume", "trainer.device", "trainer.dist_timeout_s")
 
 
 def find_jobs(sweep_dir: Path) -> list[Path]:
-    """Every run dir under sweep_dir (the dirs holding .hydra/config.yaml), in job order."""
+    """Every run dir under sweep_dir (the dirs holding .hydra/config.yaml, or only the
+    status.json of a job refused before it started), in job order."""
 
     def order(job: Path) -> tuple:
         name = job.relative_to(sweep_dir).as_posix()
         return (0, int(name), "") if name.isdigit() else (1, 0, name)
 
     jobs = {p.parent.parent for p in sweep_dir.rglob("config.yaml") if p.parent.name == ".hydra"}
+    jobs |= {p.parent for p in sweep_dir.rglob("status.json")}
     return sorted(jobs, key=order)
 
 
@@ -86,6 +94,10 @@ def _metrics(path: Path) -> list[dict]:
 
 def _config(job_dir: Path) -> tuple[Any, list[str], str]:
     """The job's saved config and overrides; an empty config and the reason when unreadable."""
+    status = job_dir / "status.json"
+    if not (job_dir / ".hydra").exists() and status.is_file():  # refused before it started
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            return OmegaConf.create(), list(json.loads(status.read_text())["overrides"]), ""
     try:
         cfg = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
         overrides_path = job_dir / ".hydra" / "overrides.yaml"
@@ -110,7 +122,12 @@ def read_job(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
         "lr": OmegaConf.select(cfg, "optim.lr", default=None),
         "seed": OmegaConf.select(cfg, "seed", default=None),
         "test_loss": None,
-        "nll": None,
+        "nll": None,  # eval.json's, with the checkpoint epoch and the images it scored
+        "nll_epoch": None,
+        "nll_step": None,
+        "nll_images": None,
+        "nll_test_images": None,
+        "nll_stale": None,
         "train_loss": None,
         "epochs": 0,
         "planned_epochs": OmegaConf.select(cfg, "trainer.epochs", default=None),
@@ -165,14 +182,30 @@ def _read_metrics(job_dir: Path, row: dict[str, Any]) -> None:
 
 
 def _read_eval(job_dir: Path, row: dict[str, Any]) -> None:
-    """-log p(x) from eval.json (vae_pyro.evaluate's default output), when it is there."""
+    """-log p(x) from eval.json (vae_pyro.evaluate's default output), when it is there, with
+    what it was computed on: the checkpoint's epoch (and steps into the next, for one written
+    inside an epoch), how many of how many test images. Stale when that checkpoint is not the
+    one of the final test loss (None: an eval.json too old to say)."""
     path = job_dir / "eval.json"
     try:
         record = json.loads(path.read_text()) if path.is_file() else {}
         nll = record.get("nll")
-        row["nll"] = float(nll) if isinstance(nll, int | float) else None
     except (OSError, ValueError, AttributeError):
-        row["nll"] = None
+        return
+    if not isinstance(nll, int | float):
+        return
+    known = record.get("data_fingerprint") or {}
+    row["nll"] = float(nll)
+    row["nll_epoch"] = _int(record.get("checkpoint_epoch"))
+    row["nll_step"] = _int(record.get("checkpoint_step"))
+    row["nll_images"] = _int(record.get("num_images"))
+    row["nll_test_images"] = _int(known.get("test")) if isinstance(known, dict) else None
+    if row["nll_epoch"] is not None:
+        row["nll_stale"] = row["nll_epoch"] != row["epochs"] or bool(row["nll_step"])
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -238,9 +271,23 @@ def over_seeds(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "seeds": sorted(r["seed"] for r in members),
                 "test_loss": _spread([r["test_loss"] for r in members]),
                 "nll": _spread([r["nll"] for r in members]),
+                "nll_caveats": _caveats(members),
             }
         )
     return out
+
+
+def _caveats(members: Sequence[dict[str, Any]]) -> str:
+    """What makes a group's -log p(x) differ from its test losses: stale or subset evaluations."""
+    stale = sum(bool(r["nll_stale"]) for r in members if r["nll"] is not None)
+    subset = sum(_subset(r) for r in members if r["nll"] is not None)
+    words = [f"{stale} stale"] * bool(stale) + [f"{subset} on a test subset"] * bool(subset)
+    return ", ".join(words)
+
+
+def _subset(row: dict[str, Any]) -> bool:
+    n, of = row["nll_images"], row["nll_test_images"]
+    return n is not None and of is not None and n < of
 
 
 def _spread(values: list[float | None]) -> tuple[float, float | None, int] | None:
@@ -267,7 +314,10 @@ def seeds_table(groups: Sequence[dict[str, Any]]) -> str:
     ]
     for g in groups:
         seeds = ",".join(map(str, g["seeds"]))
-        cells = [g["setting"], seeds, _pm(g["test_loss"]), _pm(g["nll"])]
+        nll, caveats = _pm(g["nll"]), g["nll_caveats"]
+        if caveats and g["nll"] is not None:  # "(n=3)" -> "(n=3; 1 stale)"
+            nll = f"{nll[:-1]}; {caveats})" if nll.endswith(")") else f"{nll} ({caveats})"
+        cells = [g["setting"], seeds, _pm(g["test_loss"]), nll]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
@@ -289,24 +339,98 @@ def _status(row: dict[str, Any], width: int = 90) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def _nll(row: dict[str, Any]) -> str:
+    """eval.json's -log p(x) and what it is of: "88.10 (stale: epoch 10 of 100, 500 of 10000
+    images)"; stale when its checkpoint is not the one of the final test loss."""
+    if row["nll"] is None:
+        return "-"
+    epoch, step = row["nll_epoch"], row["nll_step"]
+    at = "epoch ?" if epoch is None else f"epoch {epoch}" + (f" + {step} steps" if step else "")
+    if row["nll_stale"]:
+        at = f"stale: {at} of {row['epochs']}"
+    n, of = row["nll_images"], row["nll_test_images"]
+    if n is not None:
+        at += f", {n} images" if of is None or n == of else f", {n} of {of} images"
+    return f"{row['nll']:.2f} ({at})"
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The table of summary.md (and of the terminal): varying overrides only, rounded."""
-    lines = [
-        "| job | overrides | test loss | train loss | epochs | seconds | status |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    """The table of summary.md (and of the terminal): varying overrides only, rounded; eval.json's
+    -log p(x), with its epoch and images, where a run has one."""
+    evaluated = any(r["nll"] is not None for r in rows)
+    header = ["job", "overrides", "test loss", "train loss", "epochs", "seconds", "status"]
+    if evaluated:
+        header.insert(4, "-log p(x) (eval.json)")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row, overrides in zip(rows, varying(rows), strict=True):
         cells = [
             row["job"],
             " ".join(overrides) or "-",
             _num(row["test_loss"], 2),
             _num(row["train_loss"], 2),
+            *([_nll(row)] if evaluated else []),
             _epochs(row),
             _num(row["seconds"], 1),
             _status(row),
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
+
+
+def plot_points(rows: Sequence[dict[str, Any]]) -> tuple[list[plots.SweepPoint], str]:
+    """What summary.png draws, from the keys the table labels rows by (varying): the test loss
+    against the key with the most distinct values (a numeric one first; `seed` only when
+    nothing else varies), one line per setting of the other keys but seed, whose repeats stay
+    unjoined points. With nothing varying, one point per job."""
+    labels = [dict(item.partition("=")[::2] for item in label) for label in varying(rows)]
+    keys = list(dict.fromkeys(k for label in labels for k in label))
+    values = [{k: _value(r, label, k) for k in keys} for r, label in zip(rows, labels, strict=True)]
+
+    def rank(key: str) -> tuple[bool, int]:
+        taken = {v[key] for v in values} - {None}
+        return all(_number(x) is not None for x in taken), len(taken)
+
+    keys = [k for k in keys if rank(k)[1] > 1]  # one run alone varies nothing
+    if not keys:
+        return [plots.SweepPoint(r["job"], "", _loss(r)) for r in rows], "job"
+    x = max([k for k in keys if k != "seed"] or keys, key=rank)
+    numeric = rank(x)[0]
+    points = []
+    for r, v in zip(rows, values, strict=True):
+        if v[x] is None:  # a damaged job: no value to place it at
+            continue
+        line = " ".join(f"{k}={v[k]}" for k in keys if k not in (x, "seed"))
+        points.append(plots.SweepPoint(_number(v[x]) if numeric else v[x], line, _loss(r)))
+    return points, x.lstrip("+~")
+
+
+def _value(row: dict[str, Any], label: dict[str, str], key: str) -> str | None:
+    """The row's value of a varying key: its label's, else its config's; None if unknown (a
+    damaged job's)."""
+    if not row["config"]:
+        return None
+    if key in label:
+        return label[key]
+    flat = key.lstrip("+~")
+    return str(row["config"][flat]) if flat in row["config"] else None
+
+
+def _draw_summary(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
+    points, x_label = plot_points(rows)
+    return plots.sweep_summary(points, path, x_label, title)
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _loss(row: dict[str, Any]) -> float | None:
+    """The final test loss of a finished job; None marks it failed or unfinished."""
+    return row["test_loss"] if row["status"] == "ok" else None
 
 
 def best(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -332,7 +456,7 @@ def _summary_text(sweep_dir: Path, rows: Sequence[dict[str, Any]]) -> str:
         "",
         f"{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ". Losses are"
         " the final test and train -ELBO in nats per image (metrics.jsonl); seconds are the"
-        " summed epoch times.",
+        " summed epoch times." + (NLL_NOTE if any(r["nll"] is not None for r in rows) else ""),
         "",
         markdown_table(rows),
     ]
@@ -355,14 +479,14 @@ def write_report(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], str]:
     sweep_dir = Path(sweep_dir).expanduser()
     rows = summarize(sweep_dir)
     text = _summary_text(sweep_dir, rows)
-    for name, kind in OUTPUTS.items():
-        check_output(sweep_dir / name, True, kind, " (or give another sweep_dir)")
+    for name in OUTPUTS:
+        check_output(sweep_dir / name, True, " (or give another sweep_dir)")
     csv_bytes = _csv_text(rows).encode()
     md = (text + "\n![summary](summary.png)\n").encode()
     writes = {
         "summary.csv": lambda path: atomic_write(path, lambda f: f.write(csv_bytes)),
         "summary.md": lambda path: atomic_write(path, lambda f: f.write(md)),
-        "summary.png": lambda path: plots.sweep_summary(rows, path, title=str(sweep_dir)),
+        "summary.png": lambda path: _draw_summary(rows, path, str(sweep_dir)),
     }
     for i, (name, write) in enumerate(writes.items()):
         try:
