@@ -23,7 +23,8 @@ from vae_pyro import checkpoint
 from vae_pyro.cli import CONF_DIR
 from vae_pyro.data import load_data
 from vae_pyro.errors import VaePyroError
-from vae_pyro.evaluate import evaluate, negative_elbo
+from vae_pyro.estimators import negative_elbo
+from vae_pyro.evaluate import evaluate
 from vae_pyro.model import build_vae
 from vae_pyro.networks import ConvDecoder, ConvEncoder, conv_feature_sizes
 from vae_pyro.report import write_report

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vae_pyro import checkpoint, distributed
+from vae_pyro import checkpoint, distributed, loggers
 from vae_pyro.distributed import AllReduce
 from vae_pyro.errors import VaePyroError
 from vae_pyro.model import build_vae
@@ -248,31 +248,39 @@ def _record(epoch: int) -> dict:
     return {"epoch": epoch, "train_loss": 100.0 - epoch, "test_loss": None, "seconds": 1.0}
 
 
-def test_the_writer_does_nothing_off_rank_0(tmp_path, monkeypatch, caplog):
+def test_rank_1_writes_and_says_nothing_but_waits_for_rank_0(tmp_path, monkeypatch, caplog):
     barriers = []
     monkeypatch.setattr(dist, "barrier", lambda: barriers.append(True))
-    run_dir, log = tmp_path / "run", logging.getLogger("vae_pyro.test_writer")
-    writer = distributed.Writer(distributed.Group(1, 2, 1), run_dir, log)
-    with caplog.at_level(logging.INFO, logger=log.name), writer.open([_record(1)], 2):
-        writer.record(_record(2), ("train_loss", "test_loss"), 2)
-        writer.save(lambda: run_dir.mkdir())
-        writer.info("said")
-        writer.warning("warned")
-        assert writer.only(lambda: "ran") is None
-        bar = writer.progress(range(3))
-        assert list(bar) == [0, 1, 2] and bar.disable
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    group, run_dir = distributed.Group(1, 2, 1), tmp_path / "run"
+    log = loggers.RankZero(logging.getLogger("vae_pyro.test_writer"))
+    recorder = loggers.Recorder(run_dir, group.main)
+    with (
+        caplog.at_level(logging.INFO, logger="vae_pyro.test_writer"),
+        recorder.open([_record(1)], 2),
+    ):
+        recorder.record(_record(2), ("train_loss", "test_loss"), 2)
+        group.save(lambda: run_dir.mkdir())
+        log.info("said")
+        log.warning("warned")
+        assert group.only(lambda: "ran") is None
     assert barriers == [True]  # it still waits for rank 0's checkpoint
     assert not run_dir.exists() and caplog.records == []
 
 
-def test_the_writer_of_rank_0_writes_everything(tmp_path, caplog):
-    run_dir, log = tmp_path / "run", logging.getLogger("vae_pyro.test_writer")
-    writer = distributed.Writer(distributed.SINGLE, run_dir, log)
-    with caplog.at_level(logging.INFO, logger=log.name), writer.open([_record(1)], 2):
-        writer.record(_record(2), ("train_loss", "test_loss"), 2)
-        writer.save(lambda: (run_dir / "checkpoint.pt").write_text("saved"))
-        writer.info("said")
-        assert writer.only(lambda: "ran") == "ran"
+def test_rank_0_writes_and_says_everything(tmp_path, caplog):
+    run_dir, group = tmp_path / "run", distributed.SINGLE
+    log = loggers.RankZero(logging.getLogger("vae_pyro.test_writer"))
+    recorder = loggers.Recorder(run_dir, group.main)
+    with (
+        caplog.at_level(logging.INFO, logger="vae_pyro.test_writer"),
+        recorder.open([_record(1)], 2),
+    ):
+        recorder.record(_record(2), ("train_loss", "test_loss"), 2)
+        group.save(lambda: (run_dir / "checkpoint.pt").write_text("saved"))
+        log.info("said")
+        assert group.only(lambda: "ran") == "ran"
     assert [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [
         _record(1),
         _record(2),

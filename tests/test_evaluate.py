@@ -18,9 +18,9 @@ from hydra import compose, initialize_config_dir
 from pyro.infer import Trace_ELBO
 from torch import nn
 
-from vae_pyro import checkpoint, evaluate
+from vae_pyro import checkpoint, estimators, evaluate
 from vae_pyro.cli import CONF_DIR
-from vae_pyro.evaluate import importance_sample, log_weights, negative_elbo, summarize
+from vae_pyro.estimators import importance_sample, log_weights, negative_elbo, summarize
 from vae_pyro.model import VAE
 from vae_pyro.train import train
 
@@ -135,7 +135,7 @@ def test_chunking_respects_the_memory_bound_and_not_the_result(monkeypatch):
     lg = LinearGaussian()
     x = lg.marginal().sample((30,))
     seen = []
-    original = evaluate._weigher
+    original = estimators._weigher
 
     def spy(vae, images):
         weigh = original(vae, images)
@@ -147,7 +147,7 @@ def test_chunking_respects_the_memory_bound_and_not_the_result(monkeypatch):
 
         return counted
 
-    monkeypatch.setattr(evaluate, "_weigher", spy)
+    monkeypatch.setattr(estimators, "_weigher", spy)
     small = summarize(importance_sample(lg, x, 500, max_batch_elements=64), 500)
     assert max(seen) <= 64 and sum(seen) == 30 * 500
     seen.clear()

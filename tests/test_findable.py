@@ -157,31 +157,29 @@ def test_a_taken_time_stamped_dir_gives_the_next_name(tmp_path, monkeypatch):
     setup_globals()  # Hydra's ${now:...}
     monkeypatch.chdir(tmp_path)
     config = _hydra("outputs/a${now:%Y}")
-    name = config.hydra.run.dir
-    (tmp_path / name).mkdir(parents=True)  # an earlier run's, of the same second
+    assert runs.time_stamped(config.hydra.run) and not runs.time_stamped(_hydra("x").hydra.run)
+    first = Path(config.hydra.run.dir)
+    first.mkdir(parents=True)  # Hydra made it; an earlier run of the same second holds it
     tried = []
 
     def claim(run_dir: Path) -> Path:
         tried.append(run_dir)
-        if run_dir.name.endswith("-2"):  # a run of the same second claimed it first
-            run_dir.mkdir()
+        if run_dir == first or run_dir.name.endswith("-2"):  # taken by other runs
+            run_dir.mkdir(exist_ok=True)
             raise VaePyroError(f"{run_dir} is in use by another run")
         return run_dir
 
-    assert runs.claim_free(config, claim) == Path(f"{name}-3")
-    assert tried == [Path(f"{name}-2"), Path(f"{name}-3")]
-    assert config.hydra.run.dir == f"{name}-3"  # what Hydra then uses
-    assert runs.claim_free(_hydra("outputs/b${now:%Y}"), claim, unique=False) == Path(
-        f"outputs/b{name[-4:]}"
-    )
+    assert runs.claim_free(first, True, claim) == Path(f"{first}-3")
+    assert tried == [first, Path(f"{first}-2"), Path(f"{first}-3")]
 
 
 def test_a_fixed_run_dir_is_never_renamed(tmp_path):
     (tmp_path / "run").mkdir()
-    config = _hydra(str(tmp_path / "run"))
-    assert runs.claim_free(config, lambda d: d) == tmp_path / "run"
+    assert runs.claim_free(tmp_path / "run", False, lambda d: d) == tmp_path / "run"
     with pytest.raises(VaePyroError, match="refused"):
-        runs.claim_free(config, lambda d: (_ for _ in ()).throw(VaePyroError("refused")))
+        runs.claim_free(
+            tmp_path / "run", False, lambda d: (_ for _ in ()).throw(VaePyroError("refused"))
+        )
 
 
 def test_latest_moves_only_for_runs_inside_its_folder(tmp_path):

@@ -13,7 +13,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from vae_pyro import checkpoint
 from vae_pyro.config import ModelConfig
 from vae_pyro.data import load_data
-from vae_pyro.evaluate import importance_sample, summarize
+from vae_pyro.estimators import importance_sample, summarize
 from vae_pyro.model import VAE, build_vae, kl_scale
 from vae_pyro.train import train
 

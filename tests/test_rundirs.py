@@ -23,12 +23,11 @@ from omegaconf import OmegaConf
 
 from vae_pyro import checkpoint, files
 from vae_pyro import evaluate as evaluate_module
-from vae_pyro.cli import CONF_DIR, NothingToDo, Precheck, _Job
-from vae_pyro.config import TrainConfig, to_object
+from vae_pyro.cli import CONF_DIR, Sweep
 from vae_pyro.errors import VaePyroError
 from vae_pyro.evaluate import evaluate
 from vae_pyro.sample import sample
-from vae_pyro.train import claim_run_dir, train
+from vae_pyro.train import train
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["model.z_dim=2", "model.hidden_dim=16", "data.subset=512", "trainer.device=cpu"]
@@ -166,37 +165,25 @@ def _counted(real, calls: list):
     return wrapper
 
 
-def test_the_claim_is_made_once_and_handed_to_the_task(tmp_path, monkeypatch):
-    """What the CLI's Precheck claims (lock, resume source, checkpoint) is what train uses:
-    one lock, one read of the checkpoint; the lock ends with the run."""
+def test_a_run_is_claimed_once(tmp_path, monkeypatch):
+    """train() is the one start of a run: one lock, one read of the checkpoint; the lock ends
+    with the run."""
     train(_compose("train", *TINY, "trainer.epochs=1"), tmp_path)
     reads, locks = [], []
     monkeypatch.setattr(checkpoint, "read", _counted(checkpoint.read, reads))
     monkeypatch.setattr(files, "acquire", _counted(files.acquire, locks))
-    cfg = to_object(
-        _compose("train", *TINY, "trainer.epochs=2", "trainer.resume=true"), TrainConfig
-    )
-    start = claim_run_dir(cfg, tmp_path)
-    assert start.saved is not None and start.saved.epoch == 1
-    job = _Job("train", lambda c, claimed: train(c, start=claimed), claims=True)
-    check = Precheck("train")
-    check.claimed = start
-    check.on_job_start(config=OmegaConf.create({}), task_function=job)
-    assert job.claimed is start and check.claimed is None
-    train(cfg, start=job.claimed)
+    train(_compose("train", *TINY, "trainer.epochs=2", "trainer.resume=true"), tmp_path)
     assert len(reads) == 1 and len(locks) == 1
     assert not (tmp_path / files.LOCK_NAME).exists()
     assert [m["epoch"] for m in checkpoint.load(tmp_path / "checkpoint.pt")["metrics"]] == [1, 2]
 
 
-def test_a_claim_with_nothing_to_train_says_so_and_lets_go(tmp_path):
+def test_nothing_to_train_says_so_writes_nothing_and_lets_go(tmp_path, capsys):
     train(_compose("train", *TINY, "trainer.epochs=1"), tmp_path)
     before = _snapshot(tmp_path)
-    cfg = to_object(
-        _compose("train", *TINY, "trainer.epochs=1", "trainer.resume=true"), TrainConfig
-    )
-    with pytest.raises(NothingToDo, match="nothing to train: the run already has 1 epoch "):
-        claim_run_dir(cfg, tmp_path)
+    capsys.readouterr()
+    train(_compose("train", *TINY, "trainer.epochs=1", "trainer.resume=true"), tmp_path)
+    assert capsys.readouterr().out.startswith("nothing to train: the run already has 1 epoch ")
     assert _snapshot(tmp_path) == before
     assert tmp_path.resolve() not in files._HELD  # let go: another run may take the dir
 
@@ -279,27 +266,25 @@ def test_the_lock_is_reentrant_names_its_holder_and_leaves_nothing(tmp_path):
     assert sorted(p.name for p in run_dir.iterdir()) == ["kept.txt"]
 
 
-def test_a_run_dir_made_for_a_run_that_wrote_nothing_goes_again(tmp_path):
-    disposable = (".hydra/config.yaml", "train.log")  # what Hydra writes before the task
-    cases = [([], False), (list(disposable), False), ([*disposable, "metrics.jsonl"], True)]
-    for written, kept in cases:
-        key = files.acquire(tmp_path / "outputs" / "day" / "time", disposable)
+def test_a_run_dir_left_empty_goes_again(tmp_path, monkeypatch):
+    """A run dir that holds nothing when its lock is released goes, with the empty folders
+    above it inside the working directory (Hydra's outputs/<date>/); anything written stays."""
+    monkeypatch.chdir(tmp_path)
+    for written, kept in (([], False), (["metrics.jsonl"], True)):
+        key = files.acquire(tmp_path / "outputs" / "day" / "time")
         for name in written:
-            (key / name).parent.mkdir(exist_ok=True)
             (key / name).write_text("x")
         files.release(key)
         assert (tmp_path / "outputs").exists() == kept, written
-    mine = tmp_path / "mine"  # a dir that was there before is never emptied
-    mine.mkdir()
-    (mine / "train.log").write_text("an earlier log")
-    files.release(files.acquire(mine, disposable))
-    assert [p.name for p in mine.iterdir()] == ["train.log"]
+    (tmp_path / "outputs" / "other").mkdir()  # a folder of the user's beside it: kept
+    files.prune(tmp_path / "outputs" / "day" / "time")
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["day", "other"]
 
 
 @pytest.mark.slow
 def test_a_refusal_after_hydra_wrote_its_files_leaves_no_run_dir(tmp_path):
-    """data.subset is checked against the data, after Hydra wrote .hydra/ and train.log into the
-    run dir it made: that dir goes again, up to Hydra's default outputs/<date>/<time>/."""
+    """data.subset is checked against the data, after Hydra made the run dir: that dir goes
+    again, up to Hydra's default outputs/<date>/<time>/."""
     proc = _cli("vae_pyro.train", "data.subset=60001", "trainer.device=cpu", cwd=tmp_path)
     assert proc.returncode == 2
     assert "data.subset=60001 is larger than the 60000 training images" in _one_line(proc)
@@ -325,7 +310,7 @@ def test_a_sweep_exits_1_for_its_own_failed_jobs_only(tmp_path, capsys):
     _write_status(sweep / "0", "failed")  # from an earlier sweep into the same dir
     _write_status(sweep / "1", "ok")
     cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
-    check = Precheck("train")
+    check = Sweep("train")
     check.on_multirun_start(config=cfg)
     _write_status(sweep / "1", "ok")  # this sweep's jobs
     _write_status(sweep / "2", "ok")
@@ -434,7 +419,7 @@ READ_ONLY = {
     ),
     "train-new": (
         ["vae_pyro.train", *TINY, "hydra.run.dir={RO}/run"],
-        "cannot create {RO}/run: Permission denied",
+        "{RO}/run: Permission denied; nothing was written",  # Hydra's mkdir, before the task
     ),
     "train-resume": (
         ["vae_pyro.train", *TINY, "trainer.resume=true", "hydra.run.dir={RO}"],
@@ -516,9 +501,7 @@ def test_a_wheel_installed_elsewhere_trains_offline_from_any_directory(tmp_path)
         timeout=600,
     )
     assert installed.returncode == 0, installed.stderr[-3000:]
-    assert (
-        target / "vae_pyro" / "_data" / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
-    ).is_file()
+    assert (target / "vae_pyro" / "_data" / "MNIST" / "mnist.npz").is_file()
     # The installed copy alone (not the clone), and no network: a download would fail.
     offline = "http://127.0.0.1:9"
     env = _env(

@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from vae_pyro import checkpoint, cli, config, report
-from vae_pyro.errors import TrainingInterrupted, VaePyroError
+from vae_pyro.errors import Interrupted, VaePyroError
 from vae_pyro.train import svi_step, train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -111,24 +111,24 @@ STARTING = {
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
 @pytest.mark.parametrize("command", list(STARTING))
-def test_a_signal_while_a_command_starts_is_one_line(command, sig, tmp_path):
+def test_a_signal_while_a_command_imports_ends_it_and_writes_nothing(command, sig, tmp_path):
+    """While Python imports torch and Pyro (the first second or two), no handler of ours is
+    installed yet (the shell owns interruptions once the command runs): the signal ends the
+    process as Python ends it, with the signal's exit status, and nothing is written."""
     proc = _start(*STARTING[command], cwd=tmp_path)
     _wait_for(proc, lambda: _importing(proc))
     code, err = _interrupt(proc, sig)
-    assert code == 128 + sig, err
-    line = _one_line(err)
-    assert line.startswith(f"vae_pyro.{command}: interrupted by {sig.name}"), line
-    assert line.endswith("nothing was written"), line
+    assert code in (128 + sig, -sig), err
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
 def test_a_signal_before_trains_first_step_leaves_no_run_dir(sig, tmp_path):
-    """After Hydra wrote .hydra/ into the new run dir, while the data loads: the dir goes."""
+    """After Hydra made the new run dir, while the data loads: the dir goes."""
     run_dir = tmp_path / "run"
     proc = _start("vae_pyro.train", "trainer.device=cpu", f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    _wait_for(proc, lambda: (run_dir / ".hydra" / "config.yaml").exists())
+    _wait_for(proc, lambda: run_dir.exists())
     code, err = _interrupt(proc, sig)
     assert code == 128 + sig, err
     assert _one_line(err) == f"vae_pyro.train: interrupted by {sig.name}: nothing was written"
@@ -351,7 +351,7 @@ def _interrupted_mid_epoch(make_cfg, run_dir: Path, quick: list[str], at_step: i
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("vae_pyro.train.svi_step", step)
-        with pytest.raises(TrainingInterrupted):
+        with pytest.raises(Interrupted):
             train(make_cfg(*quick), run_dir)
 
 
@@ -362,7 +362,7 @@ def test_resuming_mid_epoch_with_another_batch_size_is_refused(make_cfg, tmp_pat
     _interrupted_mid_epoch(make_cfg, run_dir, quick, at_step=3)
     saved = checkpoint.read(run_dir / "checkpoint.pt")
     assert saved.epoch == 0 and saved.position.step == 3
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
 
     resume = ["vae_pyro.train", *quick, "trainer.resume=true", f"hydra.run.dir={run_dir}"]
     proc = _run(*resume, "data.batch_size=250", cwd=tmp_path)
@@ -370,8 +370,7 @@ def test_resuming_mid_epoch_with_another_batch_size_is_refused(make_cfg, tmp_pat
     line = _one_line(proc.stderr)
     assert "stopped inside epoch 1 (step 3) with data.batch_size=100" in line
     assert "this command has data.batch_size=250" in line
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
-    assert not (run_dir / ".hydra").exists()  # refused before Hydra wrote anything
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
     proc = _run(*resume, cwd=tmp_path)  # the same batch size: the epoch's other 700 images
     assert proc.returncode == 0, proc.stderr
@@ -401,7 +400,7 @@ def test_a_key_the_command_would_not_use_is_refused_before_any_work(override, me
     assert proc.returncode == 2, proc.stderr
     line = _one_line(proc.stderr)
     assert line.startswith("vae_pyro.train: error: ") and message in line
-    assert list(tmp_path.iterdir()) == []  # refused in Precheck: not even the run dir
+    assert list(tmp_path.iterdir()) == []  # refused before any work: not even the run dir
 
 
 READ = [

@@ -7,7 +7,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
 from vae_pyro import VAE
-from vae_pyro.evaluate import negative_elbo
+from vae_pyro.estimators import negative_elbo
 from vae_pyro.train import svi_step
 
 

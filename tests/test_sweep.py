@@ -83,7 +83,9 @@ def test_grid_sweep_runs_every_combination_in_its_own_run_dir(grid):
         sizes = {o.split("=")[0]: int(o.split("=")[1]) for o in _overrides(job) if "_dim=" in o}
         combos.add((sizes["model.z_dim"], sizes["model.hidden_dim"]))
         assert [r["epoch"] for r in _metrics(job)] == [1, 2]
-        assert _status(job) == {"status": "ok", "test_loss": _metrics(job)[-1]["test_loss"]}
+        status = _status(job)
+        assert status["status"] == "ok" and status["test_loss"] == _metrics(job)[-1]["test_loss"]
+        assert status["overrides"] == _overrides(job)
         assert (job / "checkpoint.pt").is_file() and (job / "figures" / "loss.png").is_file()
     assert combos == {(2, 16), (2, 32), (3, 16), (3, 32)}
 
@@ -149,6 +151,7 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     assert _status(failed) == {
         "status": "failed",
         "error": message,
+        "overrides": [*TINY, "model.z_dim=2", "model.hidden_dim=-3"],
     }
     assert not (failed / "metrics.jsonl").exists()
     assert _status(ok)["status"] == "ok" and len(_metrics(ok)) == 1
@@ -159,7 +162,8 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     assert [(r["job"], r["status"]) for r in rows] == [("0", "failed"), ("1", "ok")]
     assert rows[0]["test_loss"] == "" and "hidden_dim=-3" in rows[0]["error"]
     assert float(rows[1]["test_loss"]) == _metrics(ok)[-1]["test_loss"]
-    assert "| 0 | model.hidden_dim=-3 | - | - | 0/1 | - | failed: model.hidden_dim" in printed
+    # refused before it started: no config to say how many epochs it was asked for
+    assert "| 0 | model.hidden_dim=-3 | - | - | 0 | - | failed: model.hidden_dim" in printed
     assert "1 failed, 1 ok" in printed
 
 

@@ -9,7 +9,7 @@ from pyro.optim import Adam
 
 from vae_pyro import checkpoint
 from vae_pyro.errors import VaePyroError
-from vae_pyro.evaluate import negative_elbo
+from vae_pyro.estimators import negative_elbo
 from vae_pyro.train import train
 
 QUICK = ["+experiment=z50", "trainer.device=cpu"]

@@ -8,7 +8,6 @@ trains one. Names are imported on first use, so that `import vae_pyro` (and ever
 from __future__ import annotations
 
 import importlib
-import sys
 from typing import Any
 
 __version__ = "0.1.0"
@@ -22,14 +21,6 @@ _WHERE = {
     "load": "vae_pyro.api",
     "fit": "vae_pyro.api",
 }
-
-
-if sys.argv[:1] == ["-m"]:  # `python -m vae_pyro.<command>`: runpy imports this package first
-    from vae_pyro.errors import exit_while_starting
-    from vae_pyro.startup import answer_help
-
-    exit_while_starting(sys.orig_argv)  # Ctrl-C while importing: one line (errors.py)
-    answer_help(sys.orig_argv)  # a cached `--help` is printed here, before torch (startup.py)
 
 
 def __getattr__(name: str) -> Any:

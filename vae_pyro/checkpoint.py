@@ -10,6 +10,7 @@ config (data.root and data.path absolute) and the fingerprint of the data it was
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections.abc import Sequence
@@ -20,10 +21,14 @@ from typing import Any
 import torch
 from pyro.optim import PyroOptim
 
-from vae_pyro.config import DataConfig, ModelConfig, as_dict, config_diff, to_object
+from vae_pyro.config import ModelConfig
+from vae_pyro.data import DataConfig, Fingerprint, ImageData
 from vae_pyro.errors import VaePyroError, first_line, os_error_in, os_reason
 from vae_pyro.files import atomic_write
 from vae_pyro.model import VAE, build_vae
+from vae_pyro.schema import as_dict, config_diff, to_object
+
+log = logging.getLogger(__name__)
 
 # Format 2 adds the prior's and posterior's weights (VampPrior, flows). Format 1 (the first
 # release) has none: its prior is N(0, I), its posterior the diagonal Normal; it named the ELBO
@@ -168,8 +173,14 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
         raise VaePyroError(
             f"cannot read checkpoint {path}: the file is truncated or damaged ({reason})"
         ) from None
-    if not isinstance(payload, dict) or payload.get("format") not in READABLE:
-        found = payload.get("format") if isinstance(payload, dict) else None
+    found = payload.get("format") if isinstance(payload, dict) else None
+    version = found.removeprefix("vae-pyro-checkpoint/") if isinstance(found, str) else ""
+    if found != version and version.isdigit() and int(version) > int(FORMAT.split("/")[1]):
+        raise VaePyroError(
+            f"{path} was written by a newer vae-pyro (checkpoint format {found}; this one reads "
+            f"up to {FORMAT}): upgrade vae-pyro to read it"
+        )
+    if found not in READABLE:
         raise VaePyroError(
             f"{path} is not a vae-pyro checkpoint: it is a PyTorch file of "
             f"{'format ' + repr(found) if found else 'another program'} (expected {FORMAT})"
@@ -269,4 +280,39 @@ def check_image_shape(
         f"checkpoint {path} was trained on images of shape {trained} (C, H, W), but "
         f"{where or 'these images are'} {given}: {what}. Use the data the run was trained on, "
         "or train a new run on these images"
+    )
+
+
+def check_images(data: ImageData, ckpt: Checkpoint) -> None:
+    """The data a checkpoint's config names must still give the images its networks take (the
+    files or data.image_size may have changed since): one clear error before any work."""
+    where = f"data.name={ckpt.data_config.name} now gives"
+    check_image_shape(ckpt.path, ckpt.image_shape, data.image_shape, where)
+
+
+def check_data(data: ImageData, ckpt: Checkpoint, allow: bool, key: str) -> bool:
+    """The data a checkpoint's config names must still be the data it was trained on (its
+    Fingerprint): one clear error naming both, unless `key` (an override) is true. Returns
+    whether a difference was let through; a checkpoint without a fingerprint (older) is not
+    checked."""
+    saved = ckpt.data_fingerprint
+    if saved is None or data.fingerprint is None or saved["sha256"] == data.fingerprint.sha256:
+        return False
+    trained = Fingerprint(**saved)
+    cfg = ckpt.data_config
+    given = "data.path" if cfg.path is not None else "data.root"
+    if allow:
+        log.warning(
+            "%s=true: checkpoint %s was trained on data %s; %s now gives %s",
+            key,
+            ckpt.path,
+            trained,
+            given,
+            data.fingerprint,
+        )
+        return True
+    raise VaePyroError(
+        f"checkpoint {ckpt.path} was trained on data {trained}; {given} now gives "
+        f"{data.fingerprint}: the data changed since training. Restore the data the run was "
+        f"trained on, or give {key}=true to use these data anyway"
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
 import hydra
 import torch
@@ -38,15 +39,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from vae_pyro import config, distributed, files, runs, startup
 from vae_pyro.errors import (
-    TrainingInterrupted,
     VaePyroError,
     first_line,
-    is_starting_handler,
     os_error_in,
     os_reason,
     raise_interrupted,
@@ -166,59 +165,18 @@ def compose_message(command: str, err: BaseException) -> str:
         dotted = override.group(1) if override else getattr(cause, "full_key", None)
         dotted = dotted or (unknown.group(1) if unknown else "?")
         return config.unknown_key(config.SCHEMAS[command], dotted, origin)
+    tilde = re.search(r"LexerNoViableAltException: (\S+?)=(~\S*)", text)
+    if tilde:  # zsh (and bash after key=) leaves ~ for Hydra's grammar, which has no ~
+        key, value = tilde.groups()
+        return (
+            f"{key}={value}: the shell left ~ unexpanded and Hydra cannot read it; give "
+            f"{key}=$HOME{value[1:]} or quote it: '{key}=\"{value}\"'"
+        )
     parts = [text.split("Config search path")[0]]  # Hydra's list of folders: noise here
     if isinstance(cause, OmegaConfBaseException):
         parts = [parts[0] if cause is not err else "", config.omegaconf_message(cause)]
     joined = "; ".join(" ".join(p.split()) for p in parts if p.strip())
     return joined or type(err).__name__
-
-
-def precheck(command: str, cfg: DictConfig) -> config.Section:
-    """Every check that needs no data: the schema's types, choices, ranges and keys, and the
-    device. Run before Hydra creates or writes anything (Precheck) and again by the task.
-    Returns the checked config."""
-    schema = config.SCHEMAS[command]
-    plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    checked = config.to_object(plain, schema)
-    config.refuse_unread(plain, schema)  # a key the chosen component would ignore
-    device = checked
-    for part in schema.DEVICE_KEY.split("."):
-        device = getattr(device, part)
-    config.resolve_device(device, schema.DEVICE_KEY)
-    return checked
-
-
-def _absolute_data(cfg: DictConfig, checked: config.Section) -> None:
-    """data.root and data.path as the schema made them (absolute) in the composed config too,
-    so the run's .hydra/config.yaml names the same data from any directory. (A sweep's jobs
-    are composed after this: their checkpoints hold the absolute paths, their .hydra copies
-    the paths as given.)"""
-    data = getattr(checked, "data", None)
-    if isinstance(data, config.DataConfig) and "data" in cfg:
-        with read_write(cfg), open_dict(cfg):
-            for name in ("root", "path"):
-                if getattr(data, name) is not None:
-                    cfg.data[name] = getattr(data, name)
-
-
-class NothingToDo(Exception):
-    """Raised by a claim: the command has nothing to do; Precheck prints it and exits 0."""
-
-
-class Claimed(Protocol):
-    """What a claim returns: the run dir this process's run uses (rank 0's, on every rank)."""
-
-    run_dir: Path
-
-
-# A claim runs in Precheck, before Hydra writes into the run dir (train: lock it, refuse to
-# start over a run, read the checkpoint to continue), given the checked config and
-# hydra.run.dir. It raises VaePyroError to refuse, NothingToDo to end with exit 0.
-Claim = Callable[[Any, Path], Claimed]
-# The claim of the one command this process runs: set by `run`, read by Precheck, which Hydra
-# builds from the YAML (conf/<command>.yaml) and so cannot be handed it. What it claims is kept
-# by that Precheck and handed to the job (Precheck.on_job_start), not kept here.
-_claim: tuple[str, Claim] | None = None
 
 
 def _statuses(sweep_dir: Path) -> dict[Path, tuple[int, int]]:
@@ -236,57 +194,37 @@ def _failed(status: Path) -> bool:
         return True
 
 
-class Precheck(Callback):
-    """A Hydra callback (conf/<command>.yaml: hydra.callbacks.precheck): refuses a bad config
-    at the start of a run, before Hydra makes the run dir and writes .hydra/ and the log, and
-    claims the run dir there (see Claim), handing what it claimed to the job; after a sweep,
-    exits 1 if any of its jobs failed."""
+class Sweep(Callback):
+    """A Hydra callback (conf/train.yaml: hydra.callbacks.sweep): a sweep dir belongs to one
+    sweep, locked for its life, and one that holds another sweep is refused before any job runs;
+    after the sweep, exits 1 if any of its jobs failed."""
 
     def __init__(self, command: str) -> None:
         self.command = command
         self.before: dict[Path, tuple[int, int]] = {}
-        self.claimed: Claimed | None = None
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        try:  # in a torchrun run every rank checks (no files: the same answer on each)
-            checked = precheck(self.command, config)
-            _absolute_data(config, checked)
-            if _claim is not None and _claim[0] == self.command:
-                claim = _claim[1]
-                unique = distributed.env_world() <= 1  # torchrun: rank 0's dir (_follow)
-                self.claimed = runs.claim_free(config, lambda d: claim(checked, d), unique)
-        except VaePyroError as err:  # Hydra turns a callback's exception into a warning
-            _fail(self.command, str(err), once=True)
-        except NothingToDo as done:
-            distributed.print_once(str(done))
-            raise SystemExit(0) from None
-        except Exception as err:  # else a warning, and the job would run unclaimed
-            _error(self.command, err, config)
-        if self.claimed is not None and not distributed.leads():
-            _follow(config, str(self.claimed.run_dir))
-
-    def on_job_start(self, config: DictConfig, *, task_function: Any, **kwargs: Any) -> None:
-        if isinstance(task_function, _Job):
-            task_function.claimed, self.claimed = self.claimed, None
+        self.locked: Path | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir).absolute()
+        if not distributed.leads():
+            return
         try:
-            files.check_writable(sweep_dir)  # else a traceback from Hydra's launcher
+            if (sweep_dir / "multirun.yaml").exists():
+                raise VaePyroError(
+                    f"hydra.sweep.dir={_shown(sweep_dir)} holds another sweep (multirun.yaml): "
+                    "choose another hydra.sweep.dir; python -m vae_pyro.report "
+                    f"{_shown(sweep_dir)} shows what it holds"
+                )
+            self.locked = files.acquire(sweep_dir)  # a sweep started at the same time: refused
         except VaePyroError as err:
-            _fail(self.command, str(err))
+            _fail(self.command, str(err).replace("hydra.run.dir", "hydra.sweep.dir"))
         self.before = _statuses(sweep_dir)
-
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        """A run that ended and holds a checkpoint becomes outputs/latest (rank 0 only)."""
-        run_dir = Path(config.hydra.runtime.output_dir)
-        single = config.hydra.mode == RunMode.RUN
-        if single and self._owns_runs() and distributed.leads():
-            if (run_dir / "checkpoint.pt").is_file():
-                runs.mark_latest(run_dir, runs.RUNS)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir).absolute()
+        if self.locked is not None:
+            files.release(self.locked)
+            self.locked = None
         ran = [p for p, seen in _statuses(sweep_dir).items() if self.before.get(p) != seen]
         failed = [p for p in ran if _failed(p)]
         if distributed.leads():
@@ -299,16 +237,11 @@ class Precheck(Callback):
                 f"status.json: {shown}); python -m vae_pyro.report {sweep_dir} lists them",
                 code=1,
             )
-        if self._owns_runs():
-            where = _shown(sweep_dir)
-            distributed.print_once(
-                f"sweep of {len(ran)} jobs in {where}; its summary: "
-                f"python -m vae_pyro.report sweep_dir={where}"
-            )
-
-    def _owns_runs(self) -> bool:
-        """Whether this command makes runs (train: it claims its run dir)."""
-        return _claim is not None and _claim[0] == self.command
+        where = _shown(sweep_dir)
+        distributed.print_once(
+            f"sweep of {len(ran)} jobs in {where}; its summary: "
+            f"python -m vae_pyro.report sweep_dir={where}"
+        )
 
 
 def _shown(path: Path) -> Path:
@@ -317,18 +250,6 @@ def _shown(path: Path) -> Path:
         return path.relative_to(Path.cwd())
     except ValueError:
         return path
-
-
-def _follow(config: DictConfig, run_dir: str) -> None:
-    """A rank other than 0 uses rank 0's run dir, and writes nothing there: no .hydra/, no
-    log file; it logs warnings and errors to the console."""
-    with read_write(config.hydra), open_dict(config.hydra):
-        config.hydra.run.dir = run_dir
-        config.hydra.output_subdir = None
-        logging_cfg = config.hydra.job_logging
-        logging_cfg.handlers.pop("file", None)
-        logging_cfg.root.handlers = [h for h in logging_cfg.root.handlers if h != "file"]
-        logging_cfg.root.level = "WARNING"
 
 
 def _fail(command: str, message: str, code: int = 2, once: bool = False) -> None:
@@ -364,11 +285,9 @@ _written_before = 0  # len(files.WRITTEN) when the shell began: what this comman
 
 
 def _kept() -> str:
-    """What the command wrote before it stopped (files.WRITTEN; caches left out): whole files,
+    """What the command wrote before it stopped (files.WRITTEN): whole files,
     since every output is written atomically."""
-    cache = startup.cache_dir()
-    paths = [p for p in files.WRITTEN[_written_before:] if not p.is_relative_to(cache)]
-    paths = list(dict.fromkeys(paths))
+    paths = list(dict.fromkeys(files.WRITTEN[_written_before:]))
     if not paths:
         return "nothing was written"
     shown = ", ".join(map(str, paths[:3])) + (f" and {len(paths) - 3} more" if paths[3:] else "")
@@ -413,6 +332,14 @@ def _os_line(err: OSError) -> str:
     return f"{'a write' if full else 'a file operation'} failed: {reason}"
 
 
+def _peer_died(err: BaseException) -> bool:
+    """A collective call failed because another rank of a torchrun run went away."""
+    if isinstance(err, torch.distributed.DistError):
+        return True
+    peer = r"gloo|nccl|[Cc]onnection (closed|reset) by peer|ProcessGroup"
+    return isinstance(err, RuntimeError) and re.search(peer, str(err)) is not None
+
+
 def explain(command: str, err: BaseException, cfg: DictConfig | None = None) -> tuple[str, bool]:
     """The one line for an exception, and whether it is unexpected (a bug): the one table from
     exception types to what the user reads. Memory: the size keys to lower; an OSError, however
@@ -426,20 +353,29 @@ def explain(command: str, err: BaseException, cfg: DictConfig | None = None) -> 
     ):
         asked = _allocation(first)
         return f"out of memory{asked}: lower {_size_keys(command, cfg)}", False
-    if type(err).__module__.split(".")[0] == "PIL":  # before OSError: some of them are
-        return f"an image could not be decoded ({type(err).__name__}: {first}); {_kept()}", False
     cause = os_error_in(err)
+    if _peer_died(err):
+        return (
+            f"another process of this torchrun run stopped ({type(err).__name__}: {first}); "
+            "its own error names the cause; the last checkpoint is kept (trainer.resume=true)"
+        ), False
+    pil = type(err).__module__.split(".")[0] == "PIL"
+    if pil and (cause is None or cause.errno not in (errno.EMFILE, errno.ENFILE)):
+        return f"an image could not be decoded ({type(err).__name__}: {first}); {_kept()}", False
     if cause is not None:
         return f"{_os_line(cause)}; {_kept()}", False
     return f"unexpected {type(err).__name__}: {first} (a bug: {DEBUG}=1 shows where)", True
 
 
-def _error(command: str, err: BaseException, cfg: DictConfig | None = None) -> NoReturn:
-    """One line on stderr (explain) and exit 2, or 1 for an unexpected exception."""
+def _error(
+    command: str, err: BaseException, cfg: DictConfig | None = None, once: bool = False
+) -> NoReturn:
+    """One line on stderr (explain) and exit 2, or 1 for an unexpected exception; `once`: a
+    refusal every rank of a torchrun run shares, said by rank 0 alone."""
     message, bug = explain(command, err, cfg)
     if os.environ.get(DEBUG) == "1":
         traceback.print_exception(err)
-    _fail(command, message, code=1 if bug else 2)
+    _fail(command, message, code=1 if bug else 2, once=once)
     raise AssertionError  # _fail exits
 
 
@@ -464,52 +400,56 @@ def shell(command: str) -> Iterator[None]:
     global _written_before
     _written_before = len(files.WRITTEN)
     previous = _handlers(
-        {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: raise_interrupted}
+        {
+            signal.SIGINT: signal.default_int_handler,
+            signal.SIGTERM: raise_interrupted,
+            signal.SIGHUP: raise_interrupted,  # a closed terminal: the same clean stop
+        }
     )
     try:
         yield
     except KeyboardInterrupt as stop:  # errors.Interrupted too
-        _handlers({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN})  # exiting
+        _handlers({s: signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)})
         previous = {}
         if os.environ.get(DEBUG) == "1":
             traceback.print_exception(stop)
         signum = getattr(stop, "signum", signal.SIGINT)
-        line = f"vae_pyro.{command}: interrupted by {signal_name(signum)}: {_kept()}"
+        said = getattr(stop, "message", "") or f"interrupted by {signal_name(signum)}: {_kept()}"
+        line = f"vae_pyro.{command}: {said}"
         distributed.print_once(line, file=sys.stderr)
         raise SystemExit(128 + signum) from None
     except Exception as err:
         _error(command, err)
     finally:
-        for signum, handler in previous.items():  # never back to errors.exit_while_starting's
-            default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
-            signal.signal(signum, default if is_starting_handler(handler) else handler)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _record_job(status: str, **fields: Any) -> None:
     """A sweep job's outcome as status.json in its run dir: vae_pyro.report reads it, not logs."""
     path = Path(HydraConfig.get().runtime.output_dir) / "status.json"
-    text = files.to_json({"status": status, **fields}) + "\n"  # strict JSON: null for NaN
+    path.parent.mkdir(parents=True, exist_ok=True)  # a refused job's empty dir was removed
+    overrides = list(HydraConfig.get().overrides.task)  # what report shows of a refused job
+    record = {"status": status, **fields, "overrides": overrides}
+    text = files.to_json(record) + "\n"  # strict JSON: null for NaN
     files.atomic_write(path, lambda f: f.write(text.encode()))  # a new file: see _statuses
 
 
-def _job(command: str, task: Callable[..., Any], cfg: DictConfig, *claimed: Any) -> Any:
+def _job(command: str, task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """One Hydra job: the task, with errors mapped as the module docstring says."""
     sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        result = task(cfg, *claimed)
-    except TrainingInterrupted as stop:  # Ctrl-C / SIGTERM stops a whole sweep too
-        if sweep:
-            _record_job("interrupted", error=str(stop))
-        distributed.print_once(f"vae_pyro.{command}: {stop}", file=sys.stderr)
-        raise SystemExit(stop.exit_code) from None
-    except KeyboardInterrupt as stop:  # and SIGTERM (errors.Interrupted): `shell` says it
-        if sweep:
+        result = task(cfg)
+    except KeyboardInterrupt as stop:  # errors.Interrupted too: `shell` says it, once
+        if sweep:  # Ctrl-C / SIGTERM stops the whole sweep too
             name = signal_name(getattr(stop, "signum", signal.SIGINT))
-            _record_job("interrupted", error=f"interrupted by {name}")
+            _record_job(
+                "interrupted", error=getattr(stop, "message", "") or f"interrupted by {name}"
+            )
         raise
     except Exception as err:
         if not sweep:
-            _error(command, err, cfg)  # here, before Hydra prints "Error executing job"
+            _error(command, err, cfg, once=isinstance(err, VaePyroError))  # before Hydra's words
         message, bug = explain(command, err, cfg)
         log.error("job failed: %s", message, exc_info=bug)
         _record_job("failed", error=message)
@@ -523,27 +463,13 @@ def _job(command: str, task: Callable[..., Any], cfg: DictConfig, *claimed: Any)
     return result
 
 
-class _Job:
-    """The task as Hydra calls it. A command that claims its run dir gets task(cfg, claimed):
-    what Precheck claimed, or None in a sweep's job (Hydra makes each job's dir after the
-    callbacks' on_run_start: the task claims it itself)."""
-
-    def __init__(self, command: str, task: Callable[..., Any], claims: bool) -> None:
-        self.command, self.task, self.claims = command, task, claims
-        self.claimed: Claimed | None = None  # set by Precheck.on_job_start
-
-    def __call__(self, cfg: DictConfig) -> Any:
-        claimed, self.claimed = self.claimed, None
-        return _job(self.command, self.task, cfg, *([claimed] if self.claims else []))
-
-
-def run(command: str, task: Callable[..., Any], claim: Claim | None = None) -> None:
+def run(command: str, task: Callable[[DictConfig], Any]) -> None:
     """`python -m vae_pyro.<command>`: compose conf/<command>.yaml with the command line's
-    overrides and run `task` on it, through this module's error handling. `claim` runs before
-    Hydra writes into the run dir (see Claim), and the task gets what it claimed (see _Job)."""
-    global _claim
-    _claim = None if claim is None else (command, claim)
-    bare = startup.bare_argument(command, sys.argv[1:])  # else Hydra's "missing EQUAL"
+    overrides and run `task` on it, through this module's error handling. The task owns
+    everything after composition: it checks the config (once), and a training task claims its
+    run dir and writes its record (.hydra/, train.log) once the run is accepted."""
+    keys = config.keys(config.SCHEMAS[command])
+    bare = startup.bare_argument(command, sys.argv[1:], keys)  # else Hydra's "missing EQUAL"
     if bare is not None:
         _fail(command, bare)
     if "run_dir" in config.SCHEMAS[command].__dataclass_fields__:
@@ -554,7 +480,6 @@ def run(command: str, task: Callable[..., Any], claim: Claim | None = None) -> N
     main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=command)
     with shell(command):
         try:
-            with startup.recording_help(command, sys.argv[1:]):  # the next --help: startup.py
-                main(_Job(command, task, claim is not None))()
+            main(functools.partial(_job, command, task))()
         except (HydraException, OmegaConfBaseException) as err:
             _fail(command, compose_message(command, err))

@@ -10,20 +10,18 @@ implementation tables live beside the implementations (networks.ARCHS, model.LIK
 
 # No `from __future__ import annotations`: OmegaConf reads the field types at runtime.
 import dataclasses
-import difflib
 import functools
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from vae_pyro.errors import VaePyroError, first_line
+from vae_pyro.data import SOURCES, DataConfig, DataName  # noqa: F401  (beside the sources)
+from vae_pyro.errors import VaePyroError
 from vae_pyro.figures import FIGURES
 from vae_pyro.loggers import LoggerConfig, LoggerName  # noqa: F401  (beside the trackers)
 from vae_pyro.posteriors import (  # noqa: F401  (beside their classes)
@@ -40,24 +38,21 @@ from vae_pyro.schema import (  # noqa: F401  (re-exported: the schema's vocabula
     Choice,
     Rule,
     Section,
+    as_dict,
+    config_diff,
+    default_of,
+    flatten,
     format_value,
+    help_rows,
     int_at_least,
+    is_interpolation,
     key,
+    keys,
+    omegaconf_message,
+    rule_of,
+    to_object,
+    unknown_key,
 )
-
-
-class DataName(Choice):
-    mnist = "mnist"
-    fashion_mnist = "fashion_mnist"
-    cifar10 = "cifar10"
-    npz = "npz"
-    image_folder = "image_folder"
-
-
-class Binarize(Choice):
-    none = "none"
-    dynamic = "dynamic"
-    static = "static"
 
 
 class Arch(Choice):
@@ -107,34 +102,15 @@ def resolve_device(spec: str, key: str = "trainer.device") -> torch.device:
 
 
 @dataclass
-class DataConfig(Section):
-    PREFIX: ClassVar[str] = "data."
-    name: DataName = key(DataName.mnist, "dataset (conf/data/<name>.yaml)")
-    root: str | None = key(None, "folder holding the torchvision files; null = data/", path=True)
-    path: str | None = key(None, "npz file or image folder (data=npz | image_folder)", path=True)
-    image_size: int | None = key(None, "image_folder: resize to N x N; null = keep", POSITIVE)
-    subset: int | None = key(None, "train on the first N training images only", POSITIVE)
-    batch_size: int = key(256, "training batch size", POSITIVE)
-    binarize: Binarize = key(
-        Binarize.none, "gray levels as targets | fresh Bernoulli draw per use | one fixed draw"
-    )
-
-    def __post_init__(self) -> None:
-        """root and path absolute: the run's config (checkpoint, .hydra) names the same data
-        from whichever directory evaluate, sample or a resume runs."""
-        super().__post_init__()
-        for name in ("root", "path"):
-            if getattr(self, name) is not None:
-                setattr(self, name, os.path.abspath(getattr(self, name)))
-
-
-@dataclass
 class ModelConfig(Section):
     PREFIX: ClassVar[str] = "model."
     # Training-only keys: the networks a checkpoint holds do not depend on them.
     TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("kl_weight", "kl_warmup_epochs")
     # The keys that only some architectures read (networks.ARCHS): see refuse_unread.
-    ARCH_READS: ClassVar[dict[str, tuple[str, ...]]] = {"mlp": (), "conv": ("channels",)}
+    ARCH_READS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "mlp": ("activation",),
+        "conv": ("channels",),
+    }
     arch: Arch = key(Arch.mlp, "encoder/decoder networks (conf/model/<arch>.yaml)")
     z_dim: int = key(50, "latent dimensions (of the top layer, where p(z) is)", POSITIVE)
     latent_layers: int = key(
@@ -149,6 +125,23 @@ class ModelConfig(Section):
     )
     hidden_dim: int = key(400, "hidden layer width", POSITIVE)
     hidden_layers: int = key(1, "hidden layers of the encoder and of the decoder", POSITIVE)
+    # The names of networks.ACTIVATIONS, networks.INITS and model.DECODER_READS (tested).
+    activation: str = key(
+        "softplus",
+        "mlp: hidden layers softplus(W x + b) | gated (W1 x + b1) * sigmoid(W2 x + b2), "
+        "Tomczak & Welling's (the two-layer conditionals too)",
+        Rule(lambda v: v in ("softplus", "gated"), "softplus | gated"),
+    )
+    init: str = key(
+        "default",
+        "the networks' Linear weights: PyTorch's | he, N(0, 2/fan_in), Tomczak & Welling's",
+        Rule(lambda v: v in ("default", "he"), "default | he"),
+    )
+    decoder_reads: str = key(
+        "z1",
+        "latent_layers=2: p(x|z1) | z1z2, p(x|z1,z2), Tomczak & Welling's HVAE",
+        Rule(lambda v: v in ("z1", "z1z2"), "z1 | z1z2"),
+    )
     channels: list[int] = key(
         [32, 64, 128],
         "conv: feature maps after each stride-2 convolution",
@@ -157,6 +150,15 @@ class ModelConfig(Section):
     likelihood: Likelihood = key(Likelihood.bernoulli, "pixel model p(x|z)")
     scale_param: ScaleParam = key(
         ScaleParam.exp, "the encoder's fc22 as log-scale | log-variance | through softplus"
+    )
+    scale_bounds: list[float] | None = key(
+        None,
+        "[low, high]: fc22 clipped (hardtanh) before scale_param's transform, in its units; "
+        "null = unbounded; Tomczak & Welling: [-6, 2] with scale_param=logvar",
+        Rule(
+            lambda v: len(v) == 2 and all(map(math.isfinite, v)) and v[0] < v[1],
+            "two finite numbers, low < high",
+        ),
     )
     kl_weight: float = key(
         1.0,
@@ -174,6 +176,11 @@ class ModelConfig(Section):
                 f"model.lower_z_dim={self.lower_z_dim} sizes the lower of two stochastic layers: "
                 "give model.latent_layers=2 with it, or leave it out"
             )
+        if self.latent_layers == 1 and self.decoder_reads != "z1":
+            raise VaePyroError(
+                f"model.decoder_reads={self.decoder_reads} lets the decoder read the top of two "
+                "stochastic layers: give model.latent_layers=2 with it, or leave it out"
+            )
 
     @property
     def decoder_z_dim(self) -> int:
@@ -181,6 +188,11 @@ class ModelConfig(Section):
         if self.latent_layers == 1:
             return self.z_dim
         return 2 * self.z_dim if self.lower_z_dim is None else self.lower_z_dim
+
+    @property
+    def decoder_input_dim(self) -> int:
+        """The decoder's input size: z1 (or z), with z2 beside it where it reads both."""
+        return self.decoder_z_dim + (self.z_dim if self.decoder_reads == "z1z2" else 0)
 
 
 @dataclass
@@ -210,9 +222,9 @@ class OptimConfig(Section):
         super().__post_init__()
         args = self.optimizer.get("optim_args")
         for name in ("lr", "betas"):
-            if not isinstance(args, Mapping) or name not in args or _interpolation(args[name]):
+            if not isinstance(args, Mapping) or name not in args or is_interpolation(args[name]):
                 continue
-            value, rule = args[name], _rule(OptimConfig, name)
+            value, rule = args[name], rule_of(OptimConfig, name)
             shown = f"optim.optimizer.optim_args.{name}={format_value(value)}"
             try:
                 ok = rule.ok(value)
@@ -368,77 +380,10 @@ def register() -> None:
         store.store(name=f"{command}_schema", node=schema)
 
 
-S = TypeVar("S", bound=Section)
-
-
-def to_object(cfg: DictConfig | Mapping[str, Any], schema: type[S]) -> S:
-    """The composed config (or a plain dict, e.g. a checkpoint's) as checked schema objects.
-
-    Missing keys take the schema's defaults; a wrong type, choice, range, unknown key or a
-    required value left out is one VaePyroError naming the key.
-    """
-    if isinstance(cfg, schema):
-        return cfg
-    _refuse_unknown_keys(cfg, schema)
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
-        return OmegaConf.to_object(merged)
-    except MissingMandatoryValue as err:
-        raise VaePyroError(f"{err.full_key} is required: give {err.full_key}=...") from None
-    except OmegaConfBaseException as err:
-        raise VaePyroError(omegaconf_message(err)) from None
-
-
-def keys(schema: type[Section], prefix: str = "") -> list[str]:
-    """Every dotted key of a schema, nested sections included."""
-    out: list[str] = []
-    for f in dataclasses.fields(schema):
-        if isinstance(f.type, type) and issubclass(f.type, Section):
-            out += keys(f.type, f"{prefix}{f.name}.")
-        else:
-            out.append(f"{prefix}{f.name}")
-    return out
-
-
-def unknown_key(schema: type[Section], dotted: str, origin: str = "") -> str:
-    """The refusal of a key the schema lacks, with the closest known key as a hint."""
-    close = difflib.get_close_matches(dotted, keys(schema), n=1)
-    hint = f"did you mean {close[0]}? " if close else ""
-    return f"unknown key {dotted}{origin}: {hint}--help lists the keys"
-
-
-def _refuse_unknown_keys(
-    node: Any, schema: type[Section], prefix: str = "", root: type[Section] | None = None
-) -> None:
-    """Hydra's `+key=value` adds keys even to typed sections (its force_add): refuse them."""
-    fields = {f.name: f for f in dataclasses.fields(schema)}
-    for name in node if isinstance(node, Mapping | DictConfig) else ():
-        if name not in fields:
-            raise VaePyroError(unknown_key(root or schema, f"{prefix}{name}"))
-        kind = fields[name].type
-        if isinstance(kind, type) and issubclass(kind, Section):
-            _refuse_unknown_keys(node[name], kind, f"{prefix}{name}.", root or schema)
-
-
-def _interpolation(value: Any) -> bool:
-    """A value as the schema's default writes it, before OmegaConf resolves it."""
-    return isinstance(value, str) and value.startswith("${")
-
-
-def _rule(schema: type[Section], name: str) -> Rule:
-    return next(f.metadata["rule"] for f in dataclasses.fields(schema) if f.name == name)
-
-
-def _default(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-
-
 def _readers() -> list[tuple[str, type[Section], str, Mapping[str, tuple[str, ...]]]]:
     """The sections whose keys only some choices read: (section, schema, the key that chooses,
     {choice: the keys it reads}), each table beside its implementations (data.SOURCES, PRIORS,
     POSTERIORS, ModelConfig.ARCH_READS; a tracker reads every key of logger)."""
-    from vae_pyro.data import SOURCES  # data.py imports this module: read when asked
-
     tracker = tuple(f.name for f in dataclasses.fields(LoggerConfig) if f.name != "name")
     return [
         ("data", DataConfig, "name", {n: source.reads for n, source in SOURCES.items()}),
@@ -463,7 +408,7 @@ def refuse_unread(cfg: Any, schema: type[Section]) -> None:
     """Every key given is used, or refused: a key set away from its default that the chosen
     component does not read (data.image_size with data=mnist, model.channels with
     model.arch=mlp, model.prior.components with the N(0, I) prior) is one VaePyroError naming
-    the component and those that read it. For a config a user gives (cli.precheck, train);
+    the component and those that read it. For a config a user gives (train);
     a checkpoint's config is read as it is (the schema nulls what its component ignores)."""
     if schema is not TrainConfig or isinstance(cfg, Section):
         return
@@ -475,79 +420,14 @@ def refuse_unread(cfg: Any, schema: type[Section]) -> None:
         if not isinstance(node, Mapping):
             continue
         fields = {f.name: f for f in dataclasses.fields(section)}
-        chosen = str(node.get(choice, _default(fields[choice])))
-        optional = {k for keys in reads.values() for k in keys}
+        chosen = str(node.get(choice, default_of(fields[choice])))
+        optional = {k for read in reads.values() for k in read}
         for name in sorted(optional - set(reads.get(chosen, ()))):
             value = node.get(name)
-            if value is not None and value != _default(fields[name]):
-                names = [n for n, keys in reads.items() if name in keys]
+            if value is not None and value != default_of(fields[name]):
+                names = [n for n, read in reads.items() if name in read]
                 readers = " and ".join([", ".join(names[:-1]), names[-1]] if names[1:] else names)
                 raise VaePyroError(
                     f"{prefix}.{name}={format_value(value)} is not read by "
                     f"{prefix}.{choice}={chosen} (only by {readers}): leave it out"
                 )
-
-
-def omegaconf_message(err: OmegaConfBaseException) -> str:
-    """OmegaConf's error on one line, naming the key it concerns."""
-    first = first_line(err)
-    full_key = getattr(err, "full_key", None)
-    if full_key and "not in" in first:  # an unknown key: typed sections accept only their own
-        return f"unknown key {full_key}: {first}"
-    return f"{full_key}: {first}" if full_key else first
-
-
-def as_dict(section: Section) -> dict[str, Any]:
-    """Plain data (choices as strings): what a checkpoint stores and a reader compares."""
-    return OmegaConf.to_container(OmegaConf.structured(section), enum_to_str=True)
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"model": {"prior": {"name": ...}}} -> {"model.prior.name": ...}: dotted keys to compare."""
-    flat: dict[str, Any] = {}
-    for k, v in tree.items():
-        flat.update(flatten(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {prefix + k: v})
-    return flat
-
-
-def help_rows(schema: type[Section], prefix: str = "") -> list[tuple[str, str]]:
-    """(key=default, meaning and allowed values) for every key of a schema, nested included."""
-    rows: list[tuple[str, str]] = []
-    for f in dataclasses.fields(schema):
-        kind = f.type if isinstance(f.type, type) else None
-        if kind is not None and issubclass(kind, Section):
-            rows += help_rows(kind, f"{prefix}{f.name}.")
-            continue
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        name = f"{prefix}{f.name}"
-        if isinstance(default, dict) and "_target_" in default:  # a class to build: name it
-            name, default = f"{name}._target_", default["_target_"]
-        shown = "???" if default is MISSING else _yaml(default)
-        choices, rule = _choices(f.type), f.metadata.get("rule")
-        allowed = choices or (rule.allowed if rule else "")
-        meaning = f.metadata.get("help", "")
-        rows.append((f"{name}={shown}", f"{meaning} [{allowed}]" if allowed else meaning))
-    return rows
-
-
-def _yaml(value: Any) -> str:
-    """A value as it is typed on the command line."""
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    return format_value(value).replace("'", "")
-
-
-def _choices(annotation: Any) -> str:
-    kind = annotation if isinstance(annotation, type) else None
-    if kind is not None and issubclass(kind, Choice):
-        return " | ".join(member.name for member in kind)
-    return ""
-
-
-def config_diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """{dotted key: (before, after)} for each key whose value differs between two nested
-    configs (None where a key is missing): the one comparison behind the resume-change log and
-    the network-mismatch message. Keys in before's order, then those only in after."""
-    old, new = flatten(before), flatten(after)
-    keys = [*old, *(k for k in new if k not in old)]
-    return {k: (old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)}

@@ -1,15 +1,15 @@
 """Datasets as whole tensors on the training device, and the batch index iterator.
 
 torchvision reads the files (MNIST, FashionMNIST, CIFAR10, ImageFolder; no hand-written
-parsers), numpy reads npz arrays. What torchvision decodes is kept as uint8 arrays in the user's
-cache folder (see _decoded), so later runs read it without importing torchvision, which is
-slow to import. Every source's split is converted once to a float tensor in
-[0, 1] of shape (N, C, H, W); training batches are slices of a per-epoch
-permutation of it, so the hot loop does no per-sample Python work.
+parsers) and is imported only by the sources that need it; numpy reads npz arrays, among them
+the MNIST that ships with the package (MNIST_NPZ). Nothing decoded is cached: every run reads
+the files on disk. Every source's split is converted once to a float tensor in [0, 1] of shape
+(N, C, H, W); training batches are slices of a per-epoch permutation of it, so the hot loop
+does no per-sample Python work. Each source declares the config keys it reads (SOURCES), and
+DataConfig, this module's config section, is beside them.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: OmegaConf reads DataConfig's field types at runtime.
 import contextlib
 import dataclasses
 import hashlib
@@ -20,22 +20,20 @@ from collections import Counter, UserDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from urllib.error import URLError
 
 import numpy as np
 import torch
 
-from vae_pyro.config import DataConfig, to_object
+from vae_pyro import schema
 from vae_pyro.errors import VaePyroError, first_line
-from vae_pyro.files import atomic_write, shipped
+from vae_pyro.files import cache_dir, shipped
 from vae_pyro.images import fit, read_image, to_uint8, with_channels
-from vae_pyro.startup import cache_dir
+from vae_pyro.schema import POSITIVE, Choice, Section, to_object
 
 if TYPE_CHECKING:  # torchvision is imported where it reads files: it is slow to import
     from torchvision import datasets
-
-    from vae_pyro.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +73,10 @@ TORCHVISION = _Lazy(
 # Where cifar10 looks when torchvision's batch files are absent: an npz with the same content
 # (the layout of the shared offline copy: <data.root>/CIFAR10/cifar10.npz).
 CIFAR10_NPZ = "CIFAR10/cifar10.npz"
+# MNIST as one compressed npz (experiments/make_mnist_npz.py writes it from the IDX files, as
+# torchvision decodes them): numpy reads it in ~0.2 s, without importing torchvision. A root
+# without it is read by torchvision from <root>/MNIST/raw.
+MNIST_NPZ = "MNIST/mnist.npz"
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 DEFAULT_ROOT = shipped("_data", "data")  # the committed MNIST: data/, in a wheel vae_pyro/_data/
 
@@ -84,6 +86,13 @@ DEFAULT_ROOT = shipped("_data", "data")  # the committed MNIST: data/, in a whee
 # for both, so their test numbers are on the same data.
 STATIC_TRAIN_SEED = 0  # the torch.Generator seeds of the fixed draws (fixed, so runs compare)
 TEST_SEED = 1
+PROTOCOLS = {  # data.binarize -> the line saying which data the numbers are for
+    "none": "gray levels in [0, 1] as targets (train and test)",
+    "dynamic": "dynamic binarization: each training image redrawn from Bernoulli(gray "
+    f"level) at every use; test images one fixed draw (seed {TEST_SEED})",
+    "static": f"static binarization: one fixed Bernoulli draw of the training images "
+    f"(seed {STATIC_TRAIN_SEED}) and of the test images (seed {TEST_SEED})",
+}
 
 
 @dataclass
@@ -93,6 +102,9 @@ class Split:
 
     def __len__(self) -> int:
         return self.x.shape[0]
+
+
+Splits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x/y train, x/y test
 
 
 @dataclass(frozen=True)
@@ -143,13 +155,7 @@ class ImageData:
     @property
     def protocol(self) -> str:
         """One line saying which data the numbers are for."""
-        return {
-            "none": "gray levels in [0, 1] as targets (train and test)",
-            "dynamic": "dynamic binarization: each training image redrawn from Bernoulli(gray "
-            f"level) at every use; test images one fixed draw (seed {TEST_SEED})",
-            "static": f"static binarization: one fixed Bernoulli draw of the training images "
-            f"(seed {STATIC_TRAIN_SEED}) and of the test images (seed {TEST_SEED})",
-        }[self.binarize]
+        return PROTOCOLS[self.binarize]
 
 
 def _read_only(folder: Path) -> bool:
@@ -197,82 +203,12 @@ def _check_files(cls: type, raw: Path) -> None:
                 )
 
 
-# A split torchvision decoded, as <cache>/decoded/<name>-<split>-<folder>-<key>.npz (uint8 x
-# (N, C, H, W), int64 y). <folder> hashes the source folder's path, <key> its files' paths, sizes
-# and mtimes (and this layout's version): a changed file is decoded again (replacing the folder's
-# older copy); a damaged cache file is rebuilt. The MAX_DECODED used last are kept.
-DECODED_VERSION = 1
-MAX_DECODED = 12
-
-
-def _decoded(name: str, root: Path, train: bool) -> Path | None:
-    """Where the split's decoded copy is cached; None unless its source files are all there
-    (a .gz or the file torchvision extracts from it)."""
-    folder, files = TORCHVISION.data[name][1:]  # .data: without importing torchvision
-    raw = root / folder
-    stamp = [f"{DECODED_VERSION}", name, "train" if train else "test"]
-    for f in files:
-        found = [p for p in (raw / f, raw / f.removesuffix(".gz")) if p.is_file()]
-        if not found:
-            return None
-        info = found[0].stat()
-        stamp.append(f"{found[0].resolve()}:{info.st_size}:{info.st_mtime_ns}")
-    where = hashlib.sha256(str(raw.resolve()).encode()).hexdigest()[:8]
-    key = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:16]
-    return cache_dir() / "decoded" / f"{stamp[1]}-{stamp[2]}-{where}-{key}.npz"
-
-
-def _read_decoded(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The cached split, or None when there is none or it is damaged (then it is rebuilt)."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            x, y = npz["x"], npz["y"]
-    except Exception as err:  # truncated, not a zip, missing arrays
-        log.warning("rebuilding the damaged cache file %s (%s)", path, type(err).__name__)
-        return None
-    if x.dtype != np.uint8 or x.ndim != 4 or y.dtype != np.int64 or y.shape != (len(x),):
-        log.warning("rebuilding the cache file %s (not this layout)", path)
-        return None
-    with contextlib.suppress(OSError):
-        os.utime(path)  # used now: the last to go (_write_decoded)
-    return torch.from_numpy(x), torch.from_numpy(y)
-
-
-def _write_decoded(path: Path, x: torch.Tensor, y: torch.Tensor) -> None:
-    """Atomically (a crash leaves no half file); a cache that cannot be written is skipped."""
-    arrays = {"x": x.numpy(), "y": y.to(torch.int64).numpy()}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda f: np.savez(f, **arrays))
-        for old in path.parent.glob(f"{path.stem.rsplit('-', 1)[0]}-*.npz"):
-            if old != path:  # the same folder's copy from before its files changed
-                old.unlink(missing_ok=True)
-        kept = sorted(path.parent.glob("*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in kept[MAX_DECODED:]:  # the least recently used
-            old.unlink(missing_ok=True)
-    except OSError as err:
-        log.debug("not caching %s: %s", path, err)
-
-
 def _torchvision_split(
     name: str, root: Path, train: bool, alternative: str = ""
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One split as uint8 (N, C, H, W) and labels: the cached copy (_decoded), else read by
-    torchvision and cached; `alternative` ends the not-found error."""
-    cached = _decoded(name, root, train)
-    split = None if cached is None else _read_decoded(cached)
-    if split is None:
-        split = _torchvision_read(name, root, train, alternative)
-        if cached is not None:
-            _write_decoded(cached, *split)
-    return split
-
-
-def _torchvision_read(
-    name: str, root: Path, train: bool, alternative: str
-) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split as uint8 (N, C, H, W) and int64 labels, read by torchvision from the files on
+    disk every time (no decoded copy is kept: the data a run reads is the data on disk);
+    `alternative` ends the not-found error."""
     cls, folder, files = TORCHVISION[name]
     _check_files(cls, root / folder)
     try:
@@ -281,6 +217,13 @@ def _torchvision_read(
         with contextlib.redirect_stdout(io.StringIO()) as chatter:
             ds = cls(str(_torchvision_root(root, folder, files)), train=train, download=True)
     except (RuntimeError, URLError, OSError) as err:
+        raw = root / folder
+        if all((raw / f).is_file() or (raw / f.removesuffix(".gz")).is_file() for f in files):
+            raise VaePyroError(  # the files are there: the cause is elsewhere (a read-only copy)
+                f"{cls.__name__}'s files are in {raw} but could not be read: {first_line(err)}. "
+                f"torchvision extracts them beside the .gz files, or, for a read-only folder, "
+                f"into $VAE_PYRO_CACHE ({cache_dir()}): make one of the two writable"
+            ) from None
         raise VaePyroError(
             f"{cls.__name__} not found in {root / folder} and could not be downloaded "
             f"({type(err).__name__}). Put the files {', '.join(files)} in that "
@@ -291,9 +234,6 @@ def _torchvision_read(
     x = torch.as_tensor(ds.data)  # MNIST: (N, H, W) tensor; CIFAR10: (N, H, W, C) numpy
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
     return x, torch.as_tensor(ds.targets)
-
-
-Splits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x/y train, x/y test
 
 
 def _npz_images(x: np.ndarray, key: str, path: Path) -> torch.Tensor:
@@ -396,7 +336,7 @@ def _folder_image(image_size: int | None) -> Callable[[torch.Tensor], torch.Tens
     return convert
 
 
-def _folder_split(folder: Path, image_size: int | None) -> datasets.ImageFolder:
+def _folder_split(folder: Path, image_size: int | None) -> "datasets.ImageFolder":
     from torchvision import datasets
 
     if not folder.is_dir():
@@ -500,6 +440,9 @@ class _Reader:
 
 def _torchvision_splits(name: str) -> Callable[[Path, Path | None, int | None], Splits]:
     def read(root: Path, path: Path | None, image_size: int | None) -> Splits:
+        shipped_npz = root / MNIST_NPZ
+        if name == "mnist" and shipped_npz.is_file():
+            return _npz_splits(shipped_npz, expect=(1, 28, 28))
         return (
             *_torchvision_split(name, root, train=True),
             *_torchvision_split(name, root, train=False),
@@ -524,6 +467,38 @@ SOURCES: dict[str, Source] = {
         ("path", "image_size"),
     ),
 }
+
+
+DataName = Choice("DataName", {name: name for name in SOURCES}, module=__name__)
+Binarize = Choice("Binarize", {name: name for name in PROTOCOLS}, module=__name__)
+
+
+@dataclass
+class DataConfig(Section):
+    PREFIX: ClassVar[str] = "data."
+    name: DataName = schema.key(DataName.mnist, "dataset (conf/data/<name>.yaml)")
+    root: str | None = schema.key(
+        None, "folder holding the torchvision files; null = data/", path=True
+    )
+    path: str | None = schema.key(
+        None, "npz file or image folder (data=npz | image_folder)", path=True
+    )
+    image_size: int | None = schema.key(
+        None, "image_folder: resize to N x N; null = keep", POSITIVE
+    )
+    subset: int | None = schema.key(None, "train on the first N training images only", POSITIVE)
+    batch_size: int = schema.key(256, "training batch size", POSITIVE)
+    binarize: Binarize = schema.key(
+        Binarize.none, "gray levels as targets | fresh Bernoulli draw per use | one fixed draw"
+    )
+
+    def __post_init__(self) -> None:
+        """root and path absolute: the run's config (checkpoint, .hydra) names the same data
+        from whichever directory evaluate, sample or a resume runs."""
+        super().__post_init__()
+        for name in ("root", "path"):
+            if getattr(self, name) is not None:
+                setattr(self, name, os.path.abspath(getattr(self, name)))
 
 
 def load_data(
@@ -595,40 +570,3 @@ def load_data_config(
 def one_per_class(y: torch.Tensor, n: int = 10) -> torch.Tensor:
     """Index of the first test image of each of the first n classes (fixed, readable figures)."""
     return torch.stack([(y == c).nonzero()[0, 0] for c in y.unique()[:n]])
-
-
-def check_image_shape(data: ImageData, ckpt: Checkpoint) -> None:
-    """The data a checkpoint's config names must still give the images its networks take (the
-    files or data.image_size may have changed since): one clear error before any work."""
-    from vae_pyro import checkpoint  # it imports the model; data does not need it otherwise
-
-    where = f"data.name={ckpt.data_config.name} now gives"
-    checkpoint.check_image_shape(ckpt.path, ckpt.image_shape, data.image_shape, where)
-
-
-def check_data(data: ImageData, ckpt: Checkpoint, allow: bool, key: str) -> bool:
-    """The data a checkpoint's config names must still be the data it was trained on (its
-    Fingerprint): one clear error naming both, unless `key` (an override) is true. Returns
-    whether a difference was let through; a checkpoint without a fingerprint (older) is not
-    checked."""
-    saved = ckpt.data_fingerprint
-    if saved is None or data.fingerprint is None or saved["sha256"] == data.fingerprint.sha256:
-        return False
-    trained = Fingerprint(**saved)
-    cfg = ckpt.data_config
-    given = "data.path" if cfg.path is not None else "data.root"
-    if allow:
-        log.warning(
-            "%s=true: checkpoint %s was trained on data %s; %s now gives %s",
-            key,
-            ckpt.path,
-            trained,
-            given,
-            data.fingerprint,
-        )
-        return True
-    raise VaePyroError(
-        f"checkpoint {ckpt.path} was trained on data {trained}; {given} now gives "
-        f"{data.fingerprint}: the data changed since training. Restore the data the run was "
-        f"trained on, or give {key}=true to use these data anyway"
-    )

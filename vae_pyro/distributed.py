@@ -7,15 +7,14 @@ NCCL on CUDA, each rank on cuda:LOCAL_RANK. Every collective call has the group'
 rank that dies makes the others fail within it instead of waiting forever.
 
 Every rank-aware operation of the training loop is a method of `Group` (shard a batch, sum over
-the ranks, take rank 0's value, seed, wrap the optimizer, agree on a stop), each a no-op in one
-process, and every file and message goes through a `Writer`, which does nothing off rank 0:
-train.py itself stays rank-blind (nanoGPT's loop, lightning's rank_zero_only).
+the ranks, take rank 0's value, seed, wrap the optimizer, agree on a stop, let rank 0 alone
+write), each a no-op in one process; messages go through loggers.RankZero, files through
+loggers.Recorder: train.py itself stays rank-blind (nanoGPT's loop, lightning's rank_zero_only).
 """
 
 from __future__ import annotations
 
 import atexit
-import logging
 import os
 import signal
 import sys
@@ -31,7 +30,6 @@ import torch
 import torch.distributed as dist
 from pyro.optim import PyroOptim
 
-from vae_pyro import files, loggers
 from vae_pyro.errors import VaePyroError
 
 T = TypeVar("T")
@@ -156,6 +154,16 @@ class Group:
         if self.world > 1:
             dist.barrier()
 
+    def only(self, write: Callable[..., T], *args: Any) -> T | None:
+        """write(*args) on rank 0, the one process that writes files; None elsewhere."""
+        return write(*args) if self.main else None
+
+    def save(self, write: Callable[[], None]) -> None:
+        """Called by every rank: rank 0 writes, and the others wait until it has written, so
+        that no rank runs ahead of a checkpoint."""
+        self.only(write)
+        self.barrier()
+
     def wrap(self, optimizer: PyroOptim) -> PyroOptim:
         """The optimizer as this run steps it: in a data-parallel run, after summing the ranks'
         gradients (AllReduce); in one process, itself."""
@@ -263,104 +271,3 @@ class AllReduce(PyroOptim):
 
     def set_state(self, state_dict: dict[str, dict]) -> None:
         self.inner.set_state(state_dict)
-
-
-class Writer:
-    """Every file and message of a run, written by rank 0 alone (the rank-zero logger of
-    lightning-hydra-template as one object): off rank 0 each method does nothing, except that
-    `save` waits for rank 0's write, so that no rank runs ahead of a checkpoint."""
-
-    def __init__(self, group: Group, run_dir: Path, log: logging.Logger) -> None:
-        self.group, self.run_dir, self.log = group, run_dir, log
-        self.enabled = group.main
-        self._board: Any = None
-        self._records: list[dict] = []  # metrics.jsonl's lines
-        self._tracker: loggers.Tracker | None = None  # logger=mlflow's, started by rank 0
-        self._hparams: tuple[Any, Any] | None = None  # the HPARAMS tab's start and end
-
-    def only(self, write: Callable[..., T], *args: Any) -> T | None:
-        """write(*args) on rank 0; None elsewhere."""
-        return write(*args) if self.enabled else None
-
-    def save(self, write: Callable[[], None]) -> None:
-        """Called by every rank: rank 0 writes, and the others wait until it has written."""
-        self.only(write)
-        self.group.barrier()
-
-    def info(self, msg: str, *args: Any) -> None:
-        if self.enabled:
-            self.log.info(msg, *args)
-
-    def warning(self, msg: str, *args: Any) -> None:
-        if self.enabled:
-            self.log.warning(msg, *args)
-
-    def progress(self, steps: Iterable[int], **tqdm_args: Any) -> Iterable[int]:
-        """A progress bar over steps on rank 0 (shown on a terminal only); the steps elsewhere."""
-        from tqdm import tqdm
-
-        return tqdm(steps, disable=None if self.enabled else True, **tqdm_args)
-
-    def open(
-        self,
-        history: list[dict],
-        purge_step: int,
-        params: dict[str, Any] | None = None,
-        tracker: loggers.Tracker | None = None,
-    ) -> Writer:
-        """metrics.jsonl, rewritten from `history` (the checkpoint's, the truth), and a
-        TensorBoard writer that drops what it had logged from purge_step on; given the flattened
-        config `params`, TensorBoard's HPARAMS tab gets it; `tracker` (loggers.tracker) starts
-        first, so that a tracking store that refuses leaves no files."""
-        if self.enabled:
-            from torch.utils.tensorboard import SummaryWriter  # slow to import: only here
-
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if tracker is not None:
-                tracker.start(self.run_dir, history)
-                self._tracker = tracker
-            self._metrics(history)
-            log_dir = str(self.run_dir / "tensorboard")
-            self._board = SummaryWriter(log_dir=log_dir, purge_step=purge_step)
-            if params is not None:
-                self._hparams = loggers.hparams_summaries(params)
-                self._board._get_file_writer().add_summary(self._hparams[0])
-        return self
-
-    def _metrics(self, records: list[dict]) -> None:
-        """metrics.jsonl as a whole, atomically (files.atomic_write): a kill or a full disk
-        mid-write leaves the previous epochs' file, never half a line; null for NaN."""
-        self._records = list(records)
-        text = "".join(files.to_json(r) + "\n" for r in self._records)
-        files.atomic_write(self.run_dir / "metrics.jsonl", lambda f: f.write(text.encode()))
-
-    def record(self, record: dict[str, Any], scalars: tuple[str, ...], step: int) -> None:
-        """One line of metrics.jsonl; each scalar that is not None to TensorBoard."""
-        if self._board is not None:
-            self._metrics([*self._records, record])
-            for key in scalars:
-                if record[key] is not None:
-                    self._board.add_scalar(key, record[key], step)
-        if self._tracker is not None:
-            self._tracker.log(record, step)
-
-    def images(self, step: int, make: Callable[[], dict[str, torch.Tensor]]) -> None:
-        """TensorBoard's images at `step`: make() gives {tag: (C, H, W) grid}, on rank 0 only."""
-        if self._board is not None:
-            for tag, grid in make().items():
-                self._board.add_image(tag, grid, step)
-
-    def __enter__(self) -> Writer:
-        return self
-
-    def __exit__(self, kind: object, error: BaseException | None, trace: object) -> None:
-        """Close TensorBoard (its HPARAMS tab says the run succeeded when it did) and end the
-        tracker's run: finished, interrupted (KILLED) or failed, as `error` says."""
-        if self._board is not None:
-            if error is None and self._hparams is not None:
-                self._board._get_file_writer().add_summary(self._hparams[1])
-            self._board.close()
-            self._board = None
-        if self._tracker is not None:
-            tracker, self._tracker = self._tracker, None
-            tracker.end(error)

@@ -1,186 +1,23 @@
-"""Test-set metrics: the test ELBO and the importance-weighted log-likelihood.
-
-`python -m vae_pyro.evaluate run_dir=outputs/<run> num_particles=5000` writes `<run>/eval.json`.
-
-The importance-weighted (IW) estimate of Burda et al. (2015),
-
-    log p(x) ~= log (1/K) sum_k p(x, z_k) / q(z_k | x),   z_k ~ q(z | x),
-
-is a lower bound in expectation that rises to log p(x) as K grows; K = 1 is the ELBO. It is
-computed from the VAE's own `prior`, `posterior` and `likelihood`, the distributions that
-`vae.model` and `vae.guide` sample, never with the training-time KL weight.
-"""
+"""`python -m vae_pyro.evaluate run_dir=outputs/<run> num_particles=5000`: the importance-weighted
+-log p(x) of a run's test set (the estimators are vae_pyro/estimators.py), printed and written
+to `<run>/eval.json`."""
 
 from __future__ import annotations
 
-import math
-import sys
 import time
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pyro
-import torch
 from omegaconf import DictConfig
-from pyro.infer import Trace_ELBO
-from tqdm import tqdm
 
 from vae_pyro import cli
-from vae_pyro.checkpoint import load_vae
+from vae_pyro.checkpoint import check_data, check_images, load_vae
 from vae_pyro.config import EvaluateConfig, resolve_device, to_object
-from vae_pyro.data import check_data, check_image_shape, load_data_config
+from vae_pyro.data import load_data_config
 from vae_pyro.errors import VaePyroError
-from vae_pyro.files import check_output, json_record, write_failed, write_json
-from vae_pyro.model import VAE
-
-
-@torch.no_grad()
-def negative_elbo(vae: VAE, x: torch.Tensor, batch_size: int = 2000) -> float:
-    """Single-sample negative ELBO in nats per image (Pyro tutorial protocol).
-
-    Always the plain Trace_ELBO (KL weight 1: vae.model's default), whatever objective trained
-    the model, so numbers compare. The estimate does not depend on batch_size; it only bounds
-    memory.
-    """
-    elbo = Trace_ELBO(max_plate_nesting=1)
-    total = sum(elbo.loss(vae.model, vae.guide, xb) for xb in x.split(batch_size))
-    return total / x.shape[0]
-
-
-def _weigher(vae: VAE, x: torch.Tensor) -> Callable[..., tuple[dict, torch.Tensor]]:
-    """k -> (sites, log-weights (k, b)) for images x: the VAE's own (VAE.importance, every layer
-    of the hierarchy), or for any model with prior, posterior and likelihood the one-layer
-    log p(x | z) + log p(z) - log q(z | x)."""
-    if isinstance(vae, VAE):
-        return vae.importance(x)
-    b = x.shape[0]
-    flat, prior, posterior = x.reshape(b, -1), vae.prior(b, x), vae.posterior(x)
-
-    def weigh(k: int, given: Mapping[str, torch.Tensor] | None = None) -> tuple[dict, Any]:
-        z = given["latent"] if given else posterior.sample((k,))
-        log_w = vae.likelihood(z).log_prob(flat) + prior.log_prob(z) - posterior.log_prob(z)
-        return {"latent": z}, log_w
-
-    return weigh
-
-
-@torch.no_grad()
-def log_weights(
-    vae: VAE, x: torch.Tensor, z: torch.Tensor | Mapping[str, torch.Tensor]
-) -> torch.Tensor:
-    """log p(x, z) - log q(z | x) at given particles of images x (b, ...): z (k, b, z_dim), or
-    with two layers a mapping of the sites' values ("latent": z2, "lower": z1).
-
-    Returns (k, b): what importance_sample averages, the same numbers as the model trace's
-    log-joint minus the guide trace's log-prob at z.
-    """
-    given = z if isinstance(z, Mapping) else {"latent": z}
-    return _weigher(vae, x)(given["latent"].shape[0], given)[1]
-
-
-def _chunks(num_particles: int, max_batch_elements: int) -> tuple[int, int]:
-    """(images, particles) per decoder call, their product at most max_batch_elements."""
-    images = max(1, max_batch_elements // num_particles)
-    return images, max(1, min(num_particles, max_batch_elements // images))
-
-
-@torch.no_grad()
-def importance_sample(
-    vae: VAE,
-    x: torch.Tensor,
-    num_particles: int,
-    max_batch_elements: int = 100_000,
-    progress: bool = False,
-) -> dict[str, torch.Tensor]:
-    """Per-image IW statistics over K = num_particles draws z ~ q(z | x); float64, shape (N,).
-
-    log_px: log-mean-exp of the log-weights (the IW estimate of log p(x)); elbo: their mean (a
-    K-sample estimate of the ELBO); ess: effective sample size (sum w)^2 / sum w^2, in [1, K].
-    One encoder pass per image chunk; particles are drawn in chunks and the decoder sees
-    (particles x images) rows, at most max_batch_elements; the log-sum-exps are accumulated
-    across particle chunks, so the result does not depend on the chunking (up to rounding).
-    """
-    n = x.shape[0]
-    # A mixture prior holds a (particle, image, component, z_dim) tensor: as many numbers per
-    # pair as that over the pixels bounds memory like the decoder's rows.
-    components = vae.prior_net.components if isinstance(vae, VAE) else 1
-    per_pair = (components * vae.z_dim) // x[0].numel()
-    images, particles = _chunks(num_particles, max(1, max_batch_elements // max(1, per_pair)))
-    out = {key: torch.empty(n, dtype=torch.float64) for key in ("log_px", "elbo", "ess")}
-    bar = _Progress(n, f"IW K={num_particles}", progress)
-    for start in range(0, n, images):
-        xb = x[start : start + images]
-        b, weigh = xb.shape[0], _weigher(vae, xb)
-        lse = xb.new_full((b,), -math.inf, dtype=torch.float64)  # log sum w
-        lse2 = lse.clone()  # log sum w^2
-        total = torch.zeros(b, dtype=torch.float64, device=xb.device)  # sum log w
-        for k0 in range(0, num_particles, particles):
-            lw = weigh(min(particles, num_particles - k0))[1].double()
-            lse = torch.logaddexp(lse, lw.logsumexp(0))
-            lse2 = torch.logaddexp(lse2, (2 * lw).logsumexp(0))
-            total += lw.sum(0)
-        out["log_px"][start : start + b] = (lse - math.log(num_particles)).cpu()
-        out["elbo"][start : start + b] = (total / num_particles).cpu()
-        out["ess"][start : start + b] = (2 * lse - lse2).exp().cpu()
-        bar.update(b)
-    bar.close()
-    return out
-
-
-class _Progress:
-    """A bar on a terminal; in a log file (a batch job, nohup) one line at each tenth of the
-    images with the time spent and left, since tqdm draws nothing there."""
-
-    def __init__(self, total: int, desc: str, shown: bool) -> None:
-        self.lines = shown and not sys.stderr.isatty()
-        self.bar = tqdm(total=total, unit="img", desc=desc, disable=None if shown else True)
-        self.total, self.desc, self.done, self.tenths = total, desc, 0, 0
-        self.start = time.perf_counter()
-
-    def update(self, n: int) -> None:
-        self.bar.update(n)
-        self.done += n
-        if self.lines and self.done * 10 // self.total > self.tenths:
-            self.tenths = self.done * 10 // self.total
-            spent = time.perf_counter() - self.start
-            left = spent * (self.total - self.done) / self.done
-            print(
-                f"{self.desc}: {self.done} of {self.total} images, {spent / 60:.1f} min, "
-                f"about {left / 60:.1f} min left",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def summarize(stats: dict[str, torch.Tensor], num_particles: int) -> dict[str, float]:
-    """Test-set means in nats per image, with two standard errors.
-
-    *_se: spread over images / sqrt(N), the error of a mean over this many test images.
-    nll_mc_se: Monte Carlo error of the IW estimate itself on these images, by the delta method:
-    Var(log mean w) ~= Var(w) / (K E[w]^2) = 1/ESS - 1/K per image (None for K = 1). It is the
-    estimate's spread, not its downward bias: that shows as a rise of log p(x) with K.
-    """
-    n = stats["log_px"].numel()
-    log_px, elbo, ess = stats["log_px"], stats["elbo"], stats["ess"]
-    mc_var = (1.0 / ess - 1.0 / num_particles).clamp(min=0.0)
-    se = (lambda v: float(v.std() / math.sqrt(n))) if n > 1 else (lambda v: math.nan)
-    return {
-        "nll": float(-log_px.mean()),
-        "nll_se": se(log_px),
-        "nll_mc_se": float(mc_var.sum().sqrt() / n) if num_particles > 1 else None,
-        "negative_elbo": float(-elbo.mean()),
-        "negative_elbo_se": se(elbo),
-        "ess_mean": float(ess.mean()),
-        "ess_min": float(ess.min()),
-    }
-
-
-# What evaluate writes: the only kind of file its output= ever replaces.
-RECORD = json_record("a JSON record of vae_pyro.evaluate (an object holding nll)", "nll")
+from vae_pyro.estimators import importance_sample, summarize
+from vae_pyro.files import check_output, write_failed, write_json
 
 
 def _write_json(path: Path, record: dict[str, Any]) -> None:
@@ -217,11 +54,11 @@ def evaluate(cfg: DictConfig | EvaluateConfig) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise VaePyroError(f"run directory not found: {run_dir} (run_dir= names a training run)")
     out = run_dir / cfg.output
-    check_output(out, cfg.overwrite, RECORD, ", or choose another output=")
+    check_output(out, cfg.overwrite, ", or choose another output=")
     vae, ckpt = load_vae(run_dir / "checkpoint.pt", device)
     # Only the test split is used: subset=1 keeps the unused training split small.
     data = load_data_config(ckpt.data_config, device, subset=1)
-    check_image_shape(data, ckpt)
+    check_images(data, ckpt)
     other_data = check_data(data, ckpt, cfg.allow_other_data, "allow_other_data")
     x = data.test.x if cfg.num_images is None else data.test.x[: cfg.num_images]
 

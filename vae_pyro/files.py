@@ -7,10 +7,11 @@ SLURM requeue) leaves nothing that blocks the next one; the file names the holde
 host) for the refusal message and is removed when the run ends. Only `checkpoint.pt` makes a
 dir "hold a run": the lock file never does.
 
-Every output of every command goes through `check_output` before the work (it replaces only a
-regular file of its own kind, never one of the run's own files) and `atomic_write` (a temp
-file beside it, renamed over it: an interrupted or failed write leaves the previous version
-and no temp file). JSON goes through `write_json`, which writes null for NaN and infinities.
+Every output of every command goes through `check_output` before the work (the one overwrite
+rule: never a run's own file or a non-file; an existing file only with overwrite) and
+`atomic_write` (a temp file beside it, renamed over it: an interrupted or failed write leaves
+the previous version and no temp file). JSON goes through `write_json`, which writes null for
+NaN and infinities.
 """
 
 from __future__ import annotations
@@ -23,10 +24,8 @@ import logging
 import math
 import os
 import secrets
-import signal
 import socket
 import stat
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -56,10 +55,15 @@ RUN_FILES = frozenset(
         LOCK_NAME,
     }
 )
-# The PNG text chunk "Software" of every figure vae-pyro draws: what marks a PNG as its own.
-SOFTWARE = "vae_pyro"
+SOFTWARE = "vae_pyro"  # the PNG text chunk "Software" of every figure vae-pyro draws
 
 log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    """The user's cache folder, $VAE_PYRO_CACHE (default ~/.cache/vae_pyro): where torchvision
+    extracts a read-only copy's .gz files (data._torchvision_root)."""
+    return Path(os.environ.get("VAE_PYRO_CACHE", Path.home() / ".cache" / "vae_pyro"))
 
 
 def shipped(inside: str, clone: str) -> Path:
@@ -75,7 +79,6 @@ class _Held:
     fd: int | None  # None where the file system has no locks (see _flock)
     count: int = 1  # re-entrant: another acquire in the same process only counts
     created: list[Path] = field(default_factory=list)  # dirs made for it, deepest last
-    disposable: frozenset[str] = frozenset()  # see acquire
 
 
 _HELD: dict[Path, _Held] = {}
@@ -93,15 +96,6 @@ def _make_dirs(folder: Path) -> list[Path]:
         _remove_empty(created)
         raise VaePyroError(f"cannot create {folder}: {err.strerror or err}") from None
     return created
-
-
-def _discard(run_dir: Path, disposable: frozenset[str]) -> None:
-    """Empty a run dir that holds no files but `disposable` ones (see acquire)."""
-    found = sorted(run_dir.rglob("*"), reverse=True)  # deepest first
-    if disposable and {str(p.relative_to(run_dir)) for p in found if not p.is_dir()} <= disposable:
-        for path in found:
-            with contextlib.suppress(OSError):
-                path.rmdir() if path.is_dir() else path.unlink()
 
 
 def _remove_empty(created: list[Path]) -> None:
@@ -148,11 +142,9 @@ def _flock(path: Path, run_dir: Path) -> int | None:
         os.close(fd)
 
 
-def acquire(run_dir: str | os.PathLike, disposable: tuple[str, ...] = ()) -> Path:
+def acquire(run_dir: str | os.PathLike) -> Path:
     """Lock run_dir (created if missing) for this process; again in the same process only
-    counts. Returns the resolved run dir, the key for `release`. If this call created run_dir
-    and, at the last release, it holds no files but `disposable` (paths inside it: what Hydra
-    writes before a task that then refused), it is removed."""
+    counts. Returns the resolved run dir, the key for `release`."""
     run_dir = Path(run_dir).resolve()
     if run_dir in _HELD:
         _HELD[run_dir].count += 1
@@ -167,13 +159,13 @@ def acquire(run_dir: str | os.PathLike, disposable: tuple[str, ...] = ()) -> Pat
     if fd is not None:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
-    _HELD[run_dir] = _Held(fd, created=created, disposable=frozenset(disposable))
+    _HELD[run_dir] = _Held(fd, created=created)
     return run_dir
 
 
 def release(run_dir: Path) -> None:
-    """Undo one `acquire`; the last one removes the lock file, unlocks, and removes the
-    directories `acquire` made if nothing was written into them."""
+    """Undo one `acquire`; the last one removes the lock file, unlocks, and removes the run dir
+    if nothing was written into it (prune), and the directories `acquire` made for it."""
     held = _HELD[run_dir]
     held.count -= 1
     if held.count > 0:
@@ -183,9 +175,21 @@ def release(run_dir: Path) -> None:
         with contextlib.suppress(OSError):
             (run_dir / LOCK_NAME).unlink()  # while still locked: see _flock
         os.close(held.fd)
-    if held.created and held.created[-1] == run_dir:
-        _discard(run_dir, held.disposable)
+    prune(run_dir)
     _remove_empty(held.created)
+
+
+def prune(run_dir: Path) -> None:
+    """Remove run_dir if it holds nothing, and then each folder above it that is left empty,
+    inside the working directory (Hydra's outputs/<date>/): a refused run leaves no folder."""
+    cwd = Path.cwd().resolve()
+    for path in (run_dir.resolve(), *run_dir.resolve().parents):
+        if path != run_dir.resolve() and cwd not in path.parents:
+            return
+        try:
+            path.rmdir()  # only an empty folder
+        except OSError:
+            return
 
 
 @atexit.register
@@ -217,49 +221,6 @@ def _temp_beside(path: Path) -> tuple[int, Path]:
     raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path.parent))
 
 
-class _Signalled(BaseException):
-    """A terminating signal that arrived while a file was written (_cleanup_on_signals)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-# Signals whose default action ends the process on the spot, temp file and all. SIGINT is not
-# here: Python already turns it into KeyboardInterrupt, which atomic_write cleans up after.
-_TERMINATING = tuple(
-    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
-)
-
-
-@contextlib.contextmanager
-def _cleanup_on_signals() -> Iterator[None]:
-    """While a file is written: a terminating signal left at its default action raises instead,
-    so that the temp file is removed; then the process ends by that same signal (its status as
-    if it had not been caught). A handler someone installed (train's) is left as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, frame: object) -> None:
-        raise _Signalled(signum)
-
-    ours = [s for s in _TERMINATING if signal.getsignal(s) == signal.SIG_DFL]
-    for signum in ours:
-        signal.signal(signum, stop)
-    try:
-        yield
-    except _Signalled as caught:
-        for signum in ours:
-            signal.signal(signum, signal.SIG_DFL)
-        ours = []
-        signal.raise_signal(caught.signum)
-        raise  # only if the signal did not end the process
-    finally:
-        for signum in ours:
-            signal.signal(signum, signal.SIG_DFL)
-
-
 # Every file atomic_write completed in this process, in order: what an interrupted command
 # kept (cli.shell names them).
 WRITTEN: list[Path] = []
@@ -267,21 +228,21 @@ WRITTEN: list[Path] = []
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:
     """write(f) into a temp file beside path, fsync, rename over path: a crash leaves the old
-    file or the new one, never half of one. OSError propagates; the temp file is removed, on
-    an error, Ctrl-C, SIGTERM or SIGHUP alike (only SIGKILL can leave one behind)."""
+    file or the new one, never half of one. OSError propagates; the temp file is removed on an
+    error, Ctrl-C, and, under the CLI's shell (which turns them into exceptions), SIGTERM or
+    SIGHUP alike."""
     path = Path(path)
-    with _cleanup_on_signals():
-        fd, tmp = _temp_beside(path)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            WRITTEN.append(path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    fd, tmp = _temp_beside(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        WRITTEN.append(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     with contextlib.suppress(OSError):  # the rename itself on disk; not every system can
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -343,76 +304,6 @@ def check_writable(folder: str | os.PathLike) -> None:
     tmp.unlink()
 
 
-@dataclass(frozen=True)
-class Kind:
-    """What an output file is: `what` names it in refusals; `looks_like(path)` says whether an
-    existing regular file is one (the same command wrote it), the only files ever replaced."""
-
-    what: str
-    looks_like: Callable[[Path], bool]
-
-
-def _head(path: Path, limit: int = 1 << 20) -> bytes:
-    with path.open("rb") as f:
-        return f.read(limit)
-
-
-def json_record(what: str, *keys: str) -> Kind:
-    """A JSON object holding `keys`."""
-
-    def looks_like(path: Path) -> bool:
-        try:
-            record = json.loads(_head(path))
-        except (OSError, ValueError):
-            return False
-        return isinstance(record, dict) and all(k in record for k in keys)
-
-    return Kind(what, looks_like)
-
-
-def text_starting(what: str, prefix: str) -> Kind:
-    """A text file that begins with `prefix`."""
-
-    def looks_like(path: Path) -> bool:
-        try:
-            return _head(path, len(prefix.encode())) == prefix.encode()
-        except OSError:
-            return False
-
-    return Kind(what, looks_like)
-
-
-def png_software(path: Path) -> str | None:
-    """The "Software" text chunk of a PNG ("" without one); None for a file that is not a PNG."""
-    try:
-        head = _head(path)
-    except OSError:
-        return None
-    if not head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return None
-    at = 8
-    while at + 8 <= len(head):
-        size, chunk = int.from_bytes(head[at : at + 4], "big"), head[at + 4 : at + 8]
-        if chunk == b"tEXt":
-            name, _, text = head[at + 8 : at + 8 + size].partition(b"\0")
-            if name == b"Software":
-                return text.decode("latin-1")
-        if chunk in (b"IDAT", b"IEND"):
-            break
-        at += 12 + size
-    return ""
-
-
-def _vae_pyro_png(path: Path) -> bool:
-    # "Matplotlib...": a figure drawn before vae-pyro tagged its PNGs
-    return (png_software(path) or "").startswith((SOFTWARE, "Matplotlib"))
-
-
-def png_figure(what: str) -> Kind:
-    """A PNG that vae-pyro drew (its Software chunk, see SOFTWARE)."""
-    return Kind(what, _vae_pyro_png)
-
-
 def _not_a_file(mode: int) -> str:
     for test, said in (
         (stat.S_ISDIR, "a directory"),
@@ -427,11 +318,11 @@ def _not_a_file(mode: int) -> str:
     return "not a regular file"
 
 
-def check_output(path: str | os.PathLike, overwrite: bool, kind: Kind, hint: str = "") -> None:
+def check_output(path: str | os.PathLike, overwrite: bool, hint: str = "") -> None:
     """Before the work, the one rule for every output: never one of a run's own files (by
-    name, RUN_FILES); only a regular file is ever replaced, and only one of its own `kind`, and
-    only with overwrite (commands that redraw their own figures pass True); its folder must be
-    writable. `hint` ends each refusal (e.g. ", or choose another output=")."""
+    name, RUN_FILES) nor anything but a regular file; an existing file only with overwrite
+    (sample and report pass True: redrawing their own files is what a re-run is for); its
+    folder must be writable. `hint` ends each refusal (e.g. ", or choose another output=")."""
     path = Path(path).expanduser()
     if path.name in RUN_FILES:
         said = hint or "; choose another name"
@@ -443,13 +334,7 @@ def check_output(path: str | os.PathLike, overwrite: bool, kind: Kind, hint: str
     except OSError as err:
         raise VaePyroError(f"cannot write {path}: {err.strerror or err}") from None
     if mode is not None and not stat.S_ISREG(mode):
-        raise VaePyroError(
-            f"{path} is {_not_a_file(mode)}: an output replaces only a file it wrote{hint}"
-        )
+        raise VaePyroError(f"{path} is {_not_a_file(mode)}: an output replaces only a file{hint}")
     if mode is not None and not overwrite:
         raise VaePyroError(f"{path} already exists; give overwrite=true to replace it{hint}")
-    if mode is not None and not kind.looks_like(path):
-        raise VaePyroError(
-            f"{path} exists and is not {kind.what}, so it is never replaced: move it away{hint}"
-        )
     check_writable(path.parent)

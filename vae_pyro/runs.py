@@ -8,19 +8,22 @@ run ends, `outputs/latest` names it, and `multirun/latest` the newest sweep: a r
 made under a temp name and renamed over the old one (atomic), or, where the file system has no
 symlinks, a small text file holding the relative path, which `resolve_run_dir` reads the same.
 Only a run inside <cwd>/outputs (a sweep inside <cwd>/multirun) moves them: a run dir chosen
-elsewhere leaves them alone. Imports nothing heavy (no torch).
+elsewhere leaves them alone. A run's record (.hydra/, train.log) is written by the run itself
+once it is accepted (`recording`). Imports nothing heavy (no torch).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vae_pyro import files
 from vae_pyro.errors import VaePyroError
@@ -29,6 +32,7 @@ LATEST = "latest"
 RUNS = "outputs"  # Hydra's run dirs (hydra.run.dir), relative to the working directory
 SWEEPS = "multirun"  # Hydra's sweep dirs (hydra.sweep.dir)
 MAX_TRIES = 1000
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's, in train.log
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,7 +52,7 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("vae_pyro.suffix", _suffix, replace=True)
 
 
-def _time_stamped(hydra_run: DictConfig) -> bool:
+def time_stamped(hydra_run: DictConfig) -> bool:
     """Whether hydra.run.dir is a time-stamped template (the default, or one's own with
     ${now:...}): a new dir each time, so a taken one means another run and the next is chosen.
     A fixed dir is the user's choice (and how a run is resumed): never renamed."""
@@ -56,27 +60,46 @@ def _time_stamped(hydra_run: DictConfig) -> bool:
     return isinstance(raw, str) and "${now:" in raw.replace(" ", "")
 
 
-def claim_free(config: DictConfig, claim: Callable[[Path], T], unique: bool = True) -> T:
-    """claim(hydra.run.dir), or, for a time-stamped run dir already taken by another run,
-    claim(<dir>-2), claim(<dir>-3)... (hydra.run.dir then names the one claimed). A run that
-    starts in the same second and claims the same name first makes this one's claim fail
-    (its lock, or its checkpoint): the name then exists, and the next is tried. `unique`:
-    False in a torchrun run, whose ranks follow rank 0's dir (cli._follow)."""
-    first = Path(config.hydra.run.dir)
-    if not unique or not _time_stamped(config.hydra.run):
-        return claim(first)
+def claim_free(first: Path, stamped: bool, claim: Callable[[Path], T]) -> T:
+    """claim(first), or, for a time-stamped run dir (`stamped`) already taken by another run,
+    claim(<first>-2), claim(<first>-3)... A run that starts in the same second and claims the
+    same name first makes this one's claim fail (its lock, or its checkpoint): the name then
+    exists, and the next is tried."""
+    candidate = first
     while True:  # each failed candidate exists: next_free moves on, and ends the names
-        candidate = next_free(first)
         try:
-            claimed = claim(candidate)
+            return claim(candidate)
         except VaePyroError:
-            if os.path.lexists(candidate):  # taken meanwhile: another run's
-                continue
-            raise
-        if candidate != first:
-            with read_write(config.hydra), open_dict(config.hydra):
-                config.hydra.run.dir = str(candidate)
-        return claimed
+            if not stamped or not os.path.lexists(candidate):  # not taken: a real refusal
+                raise
+        candidate = next_free(first)
+
+
+@contextlib.contextmanager
+def recording(run_dir: Path, config: dict[str, Any], overrides: list[str]) -> Iterator[None]:
+    """The record of a run that was accepted: .hydra/config.yaml (the config it runs with,
+    defaults included), .hydra/overrides.yaml (what the command line changed), .hydra/hydra.yaml
+    (under Hydra), and train.log, appended to for as long as the run lasts. Written by the run
+    itself, only once nothing refused it, so a refused command never touches a run's record."""
+    record = run_dir / ".hydra"
+    record.mkdir(parents=True, exist_ok=True)
+    texts = {"config.yaml": OmegaConf.to_yaml(config), "overrides.yaml": _yaml_list(overrides)}
+    if HydraConfig.initialized():
+        texts["hydra.yaml"] = OmegaConf.to_yaml({"hydra": HydraConfig.get()})
+    for name, text in texts.items():
+        files.atomic_write(record / name, lambda f, text=text: f.write(text.encode()))
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def _yaml_list(items: list[str]) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(list(items)))
 
 
 def next_free(first: Path) -> Path:

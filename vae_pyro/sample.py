@@ -17,16 +17,14 @@ import torch
 from omegaconf import DictConfig
 
 from vae_pyro import cli
-from vae_pyro.checkpoint import Checkpoint, load_vae
+from vae_pyro.checkpoint import Checkpoint, check_data, check_images, load_vae
 from vae_pyro.config import Section, resolve_device, sample_schema, to_object
-from vae_pyro.data import Split, check_data, check_image_shape, load_data_config
+from vae_pyro.data import Split, load_data_config
 from vae_pyro.errors import VaePyroError
 from vae_pyro.figures import FIGURES, Figure, Scene, options
-from vae_pyro.files import check_output, check_writable, png_figure, write_failed
+from vae_pyro.files import check_output, check_writable, write_failed
 
 CHECKPOINT = "checkpoint.pt"
-# What sample writes: the only kind of file it replaces in out_dir.
-PNG = png_figure("a figure vae_pyro drew (a PNG tagged Software=vae_pyro)")
 
 
 def _test_split(ckpt: Checkpoint, device: torch.device, allow_other_data: bool = False) -> Split:
@@ -35,7 +33,7 @@ def _test_split(ckpt: Checkpoint, device: torch.device, allow_other_data: bool =
     trained on binarized data. Only the test split is used: subset=1 keeps the unused training
     split small."""
     data = load_data_config(ckpt.data_config, device, subset=1)
-    check_image_shape(data, ckpt)
+    check_images(data, ckpt)
     check_data(data, ckpt, allow_other_data, "allow_other_data")
     return data.test
 
@@ -44,8 +42,8 @@ def draw_figures(scene: Scene) -> dict[str, Path]:
     """Every registered figure (figures.FIGURES) this command asks for, in registry order.
 
     All their checks run before the first figure is drawn, so a refused option writes nothing;
-    so does each PNG's (files.check_output: it replaces only a figure vae-pyro drew, never a
-    folder, a device or a file of anyone else's). Each figure re-seeds with `seed` before it
+    so does each PNG's (files.check_output: never a run's own file, a folder or a device).
+    Each figure re-seeds with `seed` before it
     draws, so it depends only on the seed and its own options (changing num_samples does not
     change prior.png). A write that fails (a full disk, a file-size limit) is one VaePyroError
     saying which figures were written and that the failed one's previous version is intact.
@@ -55,7 +53,7 @@ def draw_figures(scene: Scene) -> dict[str, Path]:
         if fig.check is not None:
             fig.check(scene, options(scene, fig))
     for fig in chosen:
-        check_output(scene.path(fig.name), True, PNG, ", or choose another out_dir=")
+        check_output(scene.path(fig.name), True, ", or choose another out_dir=")
     written: dict[str, Path] = {}
     for fig in chosen:
         pyro.set_rng_seed(scene.cfg.seed)
@@ -81,8 +79,7 @@ def sample(cfg: DictConfig | Mapping[str, Any] | Section) -> dict[str, Path]:
     """Write the figures of one training run; returns {figure name: PNG path}.
 
     An out_dir (any folder) that cannot be written is refused before the work; figures of the
-    same names in it are replaced (the same checkpoint, seed and options draw them again), but
-    only PNGs vae-pyro drew: anything else there of the same name is refused.
+    same names in it are replaced (the same checkpoint, seed and options draw them again).
     """
     cfg = to_object(cfg, sample_schema())
     device = resolve_device(cfg.device, key="device")

@@ -4,7 +4,8 @@ train(cfg) runs in phases: restore (or start), run one epoch, evaluate, checkpoi
 and returns the final test loss (what sweepers minimize). A run can be interrupted at any point
 (SIGKILL, SIGTERM, Ctrl-C) and resumed with trainer.resume=true to exactly the metrics of an
 uninterrupted run. The loop reads as one process: what a torchrun run does across its ranks is
-distributed.py's (Group: shard, sum, seed, agree on a stop; Writer: rank 0's files and logs).
+distributed.py's (Group: shard, sum, seed, agree on a stop, rank 0 writes); loggers.py's
+Recorder writes the epochs and RankZero says the lines, on rank 0 alone.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,12 +25,14 @@ from typing import Any
 import pyro
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pyro.infer import SVI
 from pyro.optim import PyroOptim
+from tqdm import tqdm
 
-from vae_pyro import checkpoint, cli, distributed, files, loggers
+from vae_pyro import checkpoint, cli, distributed, files, loggers, runs
 from vae_pyro.config import (
     TrainConfig,
     TrainerConfig,
@@ -38,15 +43,14 @@ from vae_pyro.config import (
     resolve_device,
     to_object,
 )
-from vae_pyro.data import ImageData, check_data, load_data_config, one_per_class
-from vae_pyro.errors import TrainingInterrupted, VaePyroError, signal_name
-from vae_pyro.evaluate import negative_elbo
+from vae_pyro.data import ImageData, load_data_config, one_per_class
+from vae_pyro.errors import Interrupted, VaePyroError, signal_name
+from vae_pyro.estimators import latent_usage, negative_elbo
 from vae_pyro.model import VAE, build_elbo, build_vae, kl_scale
 
-log = logging.getLogger(__name__)
-# What Hydra writes into a run dir before the task starts (conf/train.yaml: job name "train"):
-# a run dir this command made that holds nothing else when it ends is removed (a refused run).
-HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "train.log")
+log = loggers.RankZero(logging.getLogger(__name__))
+USAGE_IMAGES = 1000  # test images whose posterior means give the active units per layer
+COLLAPSE_EPOCHS = 3  # evaluated epochs in a row without an active unit before the warning
 
 
 def build_svi(
@@ -88,11 +92,9 @@ def _resume_source(trainer: TrainerConfig, run_dir: Path) -> Path | None:
     return None
 
 
-def _decide(
-    trainer: TrainerConfig, run_dir: Path, disposable: tuple[str, ...]
-) -> tuple[Path, checkpoint.Checkpoint | None]:
+def _decide(trainer: TrainerConfig, run_dir: Path) -> tuple[Path, checkpoint.Checkpoint | None]:
     """Lock the run dir, refuse to start over another run, read the checkpoint to continue."""
-    run_dir = files.acquire(run_dir, disposable=disposable)
+    run_dir = files.acquire(run_dir)
     try:
         source = _resume_source(trainer, run_dir)
         return run_dir, None if source is None else checkpoint.read(source)
@@ -103,32 +105,30 @@ def _decide(
 
 @dataclass
 class RunStart:
-    """How a run starts, decided once before any work: its run dir (locked by rank 0 for the
-    run's life), the checkpoint it continues (read once) and the process group. The CLI makes
-    it before Hydra writes into the run dir (claim_run_dir); train(cfg) from Python, and each
-    job of a sweep, makes it itself."""
+    """How a run starts, decided once, by train(), before any work: its run dir (locked by rank
+    0 for the run's life), the checkpoint it continues (read once) and the process group."""
 
     run_dir: Path
     group: distributed.Group
     saved: checkpoint.Checkpoint | None  # the checkpoint to continue; None: a new run
-    writer: distributed.Writer = field(init=False)
+    recorder: loggers.Recorder = field(init=False)
     _held: bool = field(init=False, default=True)
 
     def __post_init__(self) -> None:
-        self.writer = distributed.Writer(self.group, self.run_dir, log)
+        self.recorder = loggers.Recorder(self.run_dir, self.group.main)
 
     @classmethod
     def claim(
-        cls,
-        cfg: TrainConfig,
-        run_dir: Path,
-        group: distributed.Group | None = None,
-        disposable: tuple[str, ...] = (),
+        cls, cfg: TrainConfig, run_dir: Path, group: distributed.Group, time_stamped: bool = False
     ) -> RunStart:
-        """Rank 0 decides (see _decide; `disposable`: see files.acquire), every rank follows:
-        a refusal is the same VaePyroError on each."""
-        group = group or distributed.start(cfg.trainer.device, cfg.trainer.dist_timeout_s)
-        run_dir, saved = group.decide(lambda: _decide(cfg.trainer, Path(run_dir), disposable))
+        """Rank 0 decides (see _decide), every rank follows: a refusal is the same VaePyroError
+        on each. `time_stamped`: a run dir taken by another run gives way to the next free name
+        (runs.claim_free)."""
+
+        def decide() -> tuple[Path, checkpoint.Checkpoint | None]:
+            return runs.claim_free(Path(run_dir), time_stamped, lambda d: _decide(cfg.trainer, d))
+
+        run_dir, saved = group.decide(decide)
         start = cls(run_dir, group, saved)
         try:
             _check_batches(cfg, saved)
@@ -145,7 +145,7 @@ class RunStart:
         """Unlock the run dir (once; rank 0 holds the lock)."""
         if self._held:
             self._held = False
-            self.writer.only(files.release, self.run_dir)
+            self.group.only(files.release, self.run_dir)
 
 
 def _check_batches(cfg: TrainConfig, saved: checkpoint.Checkpoint | None) -> None:
@@ -173,16 +173,6 @@ def _nothing_message(saved: checkpoint.Checkpoint) -> str:
     )
 
 
-def claim_run_dir(cfg: TrainConfig, run_dir: Path) -> RunStart:
-    """cli.Precheck's claim, before Hydra writes into the run dir: a refused command, or one
-    with nothing to train (cli.NothingToDo), leaves the dir as it was."""
-    start = RunStart.claim(cfg, run_dir, disposable=HYDRA_FILES)
-    if start.done(cfg.trainer.epochs):
-        start.release()
-        raise cli.NothingToDo(_nothing_message(start.saved))
-    return start
-
-
 @dataclass
 class Run:
     """One training run: its parts and how far it has come."""
@@ -198,6 +188,8 @@ class Run:
     position: checkpoint.Position | None = None  # where an interrupted epoch stopped
     last_saved: int | None = None  # the epoch of the newest checkpoint on disk
     resolved: dict[str, Any] = field(init=False)  # the config as the checkpoint stores it
+    dims: dict[str, int] = field(default_factory=dict)  # each latent site's dimensions
+    warned: set[str] = field(default_factory=set)  # the sites a collapse warning named
 
     def __post_init__(self) -> None:
         self.resolved = as_dict(self.cfg)
@@ -211,8 +203,8 @@ class Run:
         return self.start.group
 
     @property
-    def writer(self) -> distributed.Writer:
-        return self.start.writer
+    def recorder(self) -> loggers.Recorder:
+        return self.start.recorder
 
     @property
     def checkpoint_path(self) -> Path:
@@ -236,7 +228,7 @@ class Run:
             )
             checkpoint.save(self.checkpoint_path, payload)
 
-        self.writer.save(write)
+        self.group.save(write)
         self.last_saved = epochs_done
 
     def tensors(self) -> list[torch.Tensor]:
@@ -247,7 +239,7 @@ class Run:
 
 
 class _StopFlag:
-    """While active, SIGTERM/SIGINT only raise a flag; the loop asks `now()` after each step,
+    """While active, SIGTERM/SIGINT/SIGHUP only raise a flag; the loop asks `now()` after a step,
     which in a data-parallel run is what the ranks agreed (Group.agree_to_stop)."""
 
     def __init__(self, run: Run) -> None:
@@ -258,8 +250,9 @@ class _StopFlag:
         self.now = self.run.group.agree_to_stop(self.run.optimizer, lambda: self.signum)
         self._previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():  # signal() demands it
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._raise_flag)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                if signal.getsignal(sig) != signal.SIG_IGN:  # nohup's SIGHUP stays ignored
+                    self._previous[sig] = signal.signal(sig, self._raise_flag)
         return self
 
     def _raise_flag(self, signum: int, frame: object) -> None:
@@ -269,12 +262,12 @@ class _StopFlag:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def interrupted(self, where: str) -> TrainingInterrupted:
+    def interrupted(self, where: str) -> Interrupted:
         signum, run = self.now(), self.run
-        return TrainingInterrupted(
+        return Interrupted(
+            signum,
             f"interrupted by {signal_name(signum)} {where}; checkpoint written to "
             f"{run.checkpoint_path}. Resume with: {_resume_hint(run)}",
-            signum,
         )
 
 
@@ -285,7 +278,7 @@ def _log_changes(run: Run, saved: dict) -> None:
         if not k.startswith("trainer.resume")
     ]
     if changed:
-        run.writer.warning("resuming with changed settings: %s", "; ".join(changed))
+        log.warning("resuming with changed settings: %s", "; ".join(changed))
 
 
 def _resume_hint(run: Run) -> str:
@@ -309,11 +302,21 @@ def _restore(run: Run, saved: checkpoint.Checkpoint) -> None:
     """Phase 1 of a resumed run: weights, optimizer, RNG, history and position."""
     source = saved.path
     checkpoint.restore_training(run.vae, run.optimizer, saved)
-    check_data(run.data, saved, run.cfg.trainer.allow_other_data, "trainer.allow_other_data")
+    checkpoint.check_data(
+        run.data, saved, run.cfg.trainer.allow_other_data, "trainer.allow_other_data"
+    )
     run.history, run.done, run.position = list(saved.metrics), saved.epoch, saved.position
     run.last_saved = saved.epoch
     if run.position is not None and len(run.position.perm) != len(run.data.train):
-        raise VaePyroError(f"{source} stopped inside an epoch over a different data.subset")
+        epoch = run.done + 1
+        before, now = (
+            ("null" if v is None else v) for v in (saved.data_config.subset, run.cfg.data.subset)
+        )
+        raise VaePyroError(
+            f"{source} stopped inside epoch {epoch} with data.subset={before}, and this command "
+            f"has data.subset={now}: resume with data.subset={before}, or finish epoch {epoch} "
+            f"with it (trainer.epochs={epoch}) and change it after"
+        )
     if run.position is not None:
         run.group.check_resumable(run.position.world, source)
     step = run.position.step if run.position else 0
@@ -321,7 +324,7 @@ def _restore(run: Run, saved: checkpoint.Checkpoint) -> None:
     run.group.broadcast(run.tensors())
     _log_changes(run, saved.config)
     at = f", step {step}" if run.position else ""
-    run.writer.info("resuming from %s at the start of epoch %d%s", source, run.done + 1, at)
+    log.info("resuming from %s at the start of epoch %d%s", source, run.done + 1, at)
 
 
 def _diverged(run: Run, loss: float, epoch: int, step: int) -> VaePyroError:
@@ -345,12 +348,13 @@ def _new_position(run: Run) -> checkpoint.Position:
 
 def _run_epoch(run: Run, epoch: int, stop: _StopFlag) -> dict[str, Any]:
     """Phase 2: one pass over the training set (or the rest of an interrupted one). On a
-    signal, a mid-epoch checkpoint and TrainingInterrupted; on a non-finite loss, an error."""
+    signal, a mid-epoch checkpoint and Interrupted; on a non-finite loss, an error."""
     device, batch_size, group = run.data.train.x.device, run.cfg.data.batch_size, run.group
     pos = run.position or _new_position(run)
     run.position, start, perm = None, time.perf_counter(), pos.perm.to(device)
-    bar = run.writer.progress(
+    bar = tqdm(  # on a terminal, on rank 0
         range(pos.step, run.steps),
+        disable=None if group.main else True,
         initial=pos.step,
         total=run.steps,
         leave=False,
@@ -379,7 +383,9 @@ def _run_epoch(run: Run, epoch: int, stop: _StopFlag) -> dict[str, Any]:
 
 def _evaluate(run: Run, record: dict[str, Any]) -> None:
     """Phase 3: the test loss, every trainer.eval_every epochs and after the last; in a
-    data-parallel run each rank takes a slice of the test set."""
+    data-parallel run each rank takes a slice of the test set. With it, each latent layer's
+    KL and active units (estimators.latent_usage) on the first USAGE_IMAGES test images, drawn
+    on a forked RNG so that training's own draws stay what they were."""
     epoch, trainer = record["epoch"], run.cfg.trainer
     start = time.perf_counter()
     record["test_loss"] = None
@@ -387,7 +393,43 @@ def _evaluate(run: Run, record: dict[str, Any]) -> None:
         size = trainer.eval_batch_size
         test = run.data.test.x
         record["test_loss"] = run.group.mean(test, lambda x: negative_elbo(run.vae, x, size))
+        cuda = [test.device] if test.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            usage = latent_usage(run.vae, test[:USAGE_IMAGES])
+        for site, used in usage.items():
+            record[f"kl_{site}"], record[f"active_{site}"] = used["kl"], used["active"]
+            run.dims[site] = used["dims"]
     record["seconds"] += time.perf_counter() - start
+
+
+def _usage_text(run: Run, record: dict[str, Any]) -> str:
+    """`  KL latent 25.31 (active 18/50)` for each layer of an evaluated epoch, else ""."""
+    parts = [
+        f"{site} {record[f'kl_{site}']:.2f} (active {record[f'active_{site}']}/{dims})"
+        for site, dims in run.dims.items()
+        if record.get(f"kl_{site}") is not None
+    ]
+    return f"  KL {', '.join(parts)}" if parts else ""
+
+
+def _warn_collapse(run: Run) -> None:
+    """One warning per layer when it has had no active unit in the last COLLAPSE_EPOCHS
+    evaluated epochs (once per layer and process)."""
+    for site, dims in run.dims.items():
+        seen = [r[f"active_{site}"] for r in run.history if r.get(f"active_{site}") is not None]
+        recent = seen[-COLLAPSE_EPOCHS:]
+        if len(recent) == COLLAPSE_EPOCHS and not any(recent) and site not in run.warned:
+            run.warned.add(site)
+            log.warning(
+                "latent layer %r (%d dims) has had no active unit for %d evaluated epochs "
+                "(KL %.2f nats): the model ignores it (posterior collapse). Try "
+                "model.kl_warmup_epochs=10, model.init=he, fewer model.hidden_layers, "
+                "model/prior=vamp, or a lower model.kl_weight",
+                site,
+                dims,
+                COLLAPSE_EPOCHS,
+                run.history[-1].get(f"kl_{site}") or 0.0,
+            )
 
 
 def _checkpoint(run: Run, record: dict[str, Any], stop: _StopFlag) -> None:
@@ -395,26 +437,28 @@ def _checkpoint(run: Run, record: dict[str, Any], stop: _StopFlag) -> None:
     trainer.image_every epochs); a checkpoint every trainer.checkpoint_every epochs, after the
     last and before an interruption takes effect."""
     epoch, trainer = record["epoch"], run.cfg.trainer
-    record = {k: record[k] for k in ("epoch", "train_loss", "test_loss", "seconds")}
     run.history.append(record)
     # The checkpoint first: a write that fails (full disk) leaves metrics.jsonl without the epoch
     # too, so the two always agree (a resumed run rewrites metrics.jsonl from the checkpoint).
     if epoch % trainer.checkpoint_every == 0 or epoch == trainer.epochs or stop.now():
         run.save(epoch)
-    run.writer.record(record, ("train_loss", "test_loss"), epoch)
+    scalars = [k for k in record if k not in ("epoch", "seconds")]
+    run.recorder.record(record, tuple(scalars), epoch)
     test = "-" if record["test_loss"] is None else f"{record['test_loss']:.2f}"
-    run.writer.info(
-        "epoch %d/%d  train %.2f  test %s  (%.1f s)",
+    log.info(
+        "epoch %d/%d  train %.2f  test %s%s  (%.1f s)",
         epoch,
         trainer.epochs,
         record["train_loss"],
         test,
+        _usage_text(run, record),
         record["seconds"],
     )
+    _warn_collapse(run)
     if stop.now() is not None and epoch < trainer.epochs:
         raise stop.interrupted(f"after epoch {epoch}")
     if loggers.image_epoch(epoch, trainer.epochs, trainer.image_every):  # after: not in a stop
-        run.writer.images(
+        run.recorder.images(
             epoch, lambda: loggers.progress_images(run.vae, _shown(run), run.cfg.seed)
         )
 
@@ -436,15 +480,17 @@ def _shown(run: Run) -> torch.Tensor:
 def _finish(run: Run) -> float:
     """Phase 5: the figures; the final test loss."""
     final = run.history[-1]["test_loss"]
-    run.writer.only(_figures, run)
-    run.writer.info("final test loss %.2f nats per image; artifacts in %s", final, run.run_dir)
+    run.group.only(_figures, run)
+    log.info("final test loss %.2f nats per image; artifacts in %s", final, run.run_dir)
+    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        run.group.only(runs.mark_latest, run.run_dir)  # outputs/latest, for a run inside it
     return final
 
 
 def _build(cfg: TrainConfig, data: ImageData, start: RunStart) -> Run:
     """The networks and optimizer, the same on every rank (rank 0's weights)."""
     if start.saved is None and cfg.trainer.resume:
-        start.writer.warning(
+        log.warning(
             "trainer.resume=true but %s holds no checkpoint: starting a new run", start.run_dir
         )
     vae = build_vae(data.image_shape, cfg.model).to(data.train.x.device)
@@ -455,53 +501,80 @@ def _build(cfg: TrainConfig, data: ImageData, start: RunStart) -> Run:
     return run
 
 
+def _hydra_job() -> tuple[Path | None, bool, list[str]]:
+    """Under Hydra: the job's dir (which Hydra made), whether it is a time-stamped name of a
+    single run (runs.time_stamped), and the command line's overrides; else (None, False, [])."""
+    if not HydraConfig.initialized():
+        return None, False, []
+    hydra = HydraConfig.get()
+    stamped = hydra.mode == RunMode.RUN and runs.time_stamped(hydra.run)
+    return Path(hydra.runtime.output_dir), stamped, list(hydra.overrides.task)
+
+
 def train(
     cfg: DictConfig | TrainConfig,
     run_dir: str | Path | None = None,
-    start: RunStart | None = None,
+    overrides: Sequence[str] = (),
 ) -> float:
-    """Train a VAE as configured; write artifacts to run_dir (locked meanwhile: see
-    vae_pyro.files); return the final test loss. `start` is the run as the CLI claimed it;
-    without it the run is claimed here, after the data's own checks."""
-    given, cfg = cfg, to_object(cfg, TrainConfig)
-    refuse_unread(given, TrainConfig)  # as cli.precheck: also for sweep jobs and Python callers
-    group = (
-        start.group if start else distributed.start(cfg.trainer.device, cfg.trainer.dist_timeout_s)
-    )
+    """Train a VAE as configured; write artifacts to run_dir (default: the Hydra job's dir;
+    locked meanwhile: see vae_pyro.files); return the final test loss. The one start of every
+    run, from the CLI, a sweep job or vae_pyro.fit: the config checked, the run dir claimed and
+    its checkpoint read, "nothing to train" decided, each once, before anything is written.
+    `overrides`: what the run's record names as its overrides when Hydra does not say."""
+    hydra_dir, stamped, given = _hydra_job()
+    run_dir = Path(run_dir) if run_dir is not None else hydra_dir
+    if run_dir is None:
+        raise VaePyroError("train(cfg) outside a Hydra job needs run_dir=")
+    try:
+        return _start(cfg, run_dir, stamped, given or list(overrides))
+    finally:
+        if hydra_dir is not None:
+            files.prune(hydra_dir)  # Hydra made it: a refused run leaves no empty dir
+
+
+def _start(cfg: DictConfig | TrainConfig, run_dir: Path, stamped: bool, given: list[str]) -> float:
+    raw, cfg = cfg, to_object(cfg, TrainConfig)
+    refuse_unread(raw, TrainConfig)  # a key the chosen component would ignore
+    group = distributed.start(cfg.trainer.device, cfg.trainer.dist_timeout_s)
     device = group.device(resolve_device(cfg.trainer.device, "trainer.device"))
     group.check_batch(cfg.data.batch_size)
     pyro.clear_param_store()  # sweep jobs share one process: start each from nothing
     pyro.set_rng_seed(cfg.seed)
     data = load_data_config(cfg.data, device)
-    if start is None:
-        run_dir = Path(run_dir if run_dir is not None else HydraConfig.get().runtime.output_dir)
-        start = RunStart.claim(cfg, run_dir, group)
+    start = RunStart.claim(cfg, run_dir, group, stamped)
     try:
-        return _train(cfg, data, start)
+        return _train(cfg, data, start, given)
     finally:
         start.release()
 
 
-def _train(cfg: TrainConfig, data: ImageData, start: RunStart) -> float:
+def _train(cfg: TrainConfig, data: ImageData, start: RunStart, given: list[str]) -> float:
     run = _build(cfg, data, start)
     saved = start.saved
     if start.done(cfg.trainer.epochs):  # the run dir is left untouched
         checkpoint.restore_networks(run.vae, saved)  # but networks and data must still fit
-        check_data(run.data, saved, cfg.trainer.allow_other_data, "trainer.allow_other_data")
-        run.writer.info(_nothing_message(saved))
+        checkpoint.check_data(
+            run.data, saved, cfg.trainer.allow_other_data, "trainer.allow_other_data"
+        )
+        distributed.print_once(_nothing_message(saved))  # exit 0, nothing written
         tested = [m["test_loss"] for m in saved.metrics if m["test_loss"] is not None]
         return tested[-1] if tested else math.nan
     if saved is not None:
         _restore(run, saved)
-    run.writer.info("training on %s: %s; run dir %s", data.train.x.device, _about(run), run.run_dir)
     params = flatten(run.resolved)
-    with run.writer.open(run.history, run.done + 1, params, loggers.tracker(cfg.logger, params)):
-        with _StopFlag(run) as stop:
-            for epoch in range(run.done + 1, cfg.trainer.epochs + 1):
-                record = _run_epoch(run, epoch, stop)
-                _evaluate(run, record)
-                _checkpoint(run, record, stop)
-        return _finish(run)  # inside: the tracker's artifacts include the figures
+    tracker = loggers.tracker(cfg.logger, params)  # a tracking store that refuses: no files
+    with run.recorder.open(run.history, run.done + 1, params, tracker):
+        # Accepted: from here on the run dir is this run's, and its record says so.
+        with run.group.only(runs.recording, run.run_dir, run.resolved, given) or nullcontext():
+            log.info(
+                "training on %s: %s; run dir %s", data.train.x.device, _about(run), run.run_dir
+            )
+            with _StopFlag(run) as stop:
+                for epoch in range(run.done + 1, cfg.trainer.epochs + 1):
+                    record = _run_epoch(run, epoch, stop)
+                    _evaluate(run, record)
+                    _checkpoint(run, record, stop)
+            return _finish(run)  # inside: the tracker's artifacts include the figures
 
 
 def _about(run: Run) -> str:
@@ -518,7 +591,7 @@ def _about(run: Run) -> str:
 
 
 def main() -> None:
-    cli.run("train", lambda cfg, start: train(cfg, start=start), claim=claim_run_dir)
+    cli.run("train", train)
 
 
 if __name__ == "__main__":
