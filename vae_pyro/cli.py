@@ -391,6 +391,42 @@ def _handlers(handlers: dict[int, Any]) -> dict[int, Any]:
     return previous
 
 
+def _prune_job_dir() -> None:
+    """The run dir Hydra made for a command that then stopped, if nothing was written there
+    (a signal between Hydra's mkdir and the task's first line included)."""
+    if HydraConfig.initialized():
+        hydra = HydraConfig.get()
+        made = OmegaConf.select(hydra, "runtime.output_dir", default=None)
+        if made is None and hydra.mode == RunMode.RUN:  # Hydra restored its config on the way out
+            made = OmegaConf.select(hydra, "run.dir", default=None)
+        if made:
+            files.prune(Path(made))
+
+
+def _signal_behind(err: BaseException) -> KeyboardInterrupt | None:
+    """The interruption an exception was raised while handling, if any."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _stopped(command: str, stop: KeyboardInterrupt, previous: dict[int, Any]) -> NoReturn:
+    """One line naming what was kept (or training's own, with the resume command); exit
+    128 + signum. Further signals are ignored: the command is ending."""
+    _handlers({s: signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)})
+    previous.clear()
+    if os.environ.get(DEBUG) == "1":
+        traceback.print_exception(stop)
+    signum = getattr(stop, "signum", signal.SIGINT)
+    said = getattr(stop, "message", "") or f"interrupted by {signal_name(signum)}: {_kept()}"
+    distributed.print_once(f"vae_pyro.{command}: {said}", file=sys.stderr)
+    raise SystemExit(128 + signum) from None
+
+
 @contextlib.contextmanager
 def shell(command: str) -> Iterator[None]:
     """Around everything a command does. Ctrl-C raises KeyboardInterrupt and SIGTERM
@@ -408,18 +444,15 @@ def shell(command: str) -> Iterator[None]:
     )
     try:
         yield
-    except KeyboardInterrupt as stop:  # errors.Interrupted too
-        _handlers({s: signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)})
-        previous = {}
-        if os.environ.get(DEBUG) == "1":
-            traceback.print_exception(stop)
-        signum = getattr(stop, "signum", signal.SIGINT)
-        said = getattr(stop, "message", "") or f"interrupted by {signal_name(signum)}: {_kept()}"
-        line = f"vae_pyro.{command}: {said}"
-        distributed.print_once(line, file=sys.stderr)
-        raise SystemExit(128 + signum) from None
     except Exception as err:
-        _error(command, err)
+        _prune_job_dir()
+        stop = _signal_behind(err)  # a library broken mid-step by the signal raised anew
+        if stop is None:
+            _error(command, err)
+        _stopped(command, stop, previous)
+    except KeyboardInterrupt as stop:  # errors.Interrupted too
+        _prune_job_dir()
+        _stopped(command, stop, previous)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -448,6 +481,8 @@ def _job(command: str, task: Callable[[DictConfig], Any], cfg: DictConfig) -> An
             )
         raise
     except Exception as err:
+        if _signal_behind(err) is not None:
+            raise  # the signal's: `shell` says it
         if not sweep:
             _error(command, err, cfg, once=isinstance(err, VaePyroError))  # before Hydra's words
         message, bug = explain(command, err, cfg)
