@@ -24,6 +24,14 @@ from vae_pyro.data import SOURCES, DataConfig, DataName  # noqa: F401  (beside t
 from vae_pyro.errors import VaePyroError
 from vae_pyro.figures import FIGURES
 from vae_pyro.loggers import LoggerConfig, LoggerName  # noqa: F401  (beside the trackers)
+from vae_pyro.model import (  # noqa: F401  (beside the model)
+    Arch,
+    ElboConfig,
+    Likelihood,
+    ModelConfig,
+    Objective,
+    ScaleParam,
+)
 from vae_pyro.posteriors import (  # noqa: F401  (beside their classes)
     POSTERIORS,
     PosteriorConfig,
@@ -55,30 +63,6 @@ from vae_pyro.schema import (  # noqa: F401  (re-exported: the schema's vocabula
 )
 
 
-class Arch(Choice):
-    mlp = "mlp"
-    conv = "conv"
-
-
-class Likelihood(Choice):
-    bernoulli = "bernoulli"
-    continuous_bernoulli = "continuous_bernoulli"
-    gaussian = "gaussian"
-
-
-class ScaleParam(Choice):
-    exp = "exp"
-    logvar = "logvar"
-    softplus = "softplus"
-
-
-class Objective(Choice):
-    trace = "trace"
-    meanfield = "meanfield"
-    jit = "jit"
-    iwae = "iwae"
-
-
 def resolve_device(spec: str, key: str = "trainer.device") -> torch.device:
     """auto -> cuda when available, else cpu; cpu, cuda and cuda:N as asked, if they exist.
 
@@ -99,100 +83,6 @@ def resolve_device(spec: str, key: str = "trainer.device") -> torch.device:
                 f"{key}={spec} but only {torch.cuda.device_count()} CUDA device(s) exist"
             )
     return device
-
-
-@dataclass
-class ModelConfig(Section):
-    PREFIX: ClassVar[str] = "model."
-    # Training-only keys: the networks a checkpoint holds do not depend on them.
-    TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("kl_weight", "kl_warmup_epochs")
-    # The keys that only some architectures read (networks.ARCHS): see refuse_unread.
-    ARCH_READS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "mlp": ("activation",),
-        "conv": ("channels",),
-    }
-    arch: Arch = key(Arch.mlp, "encoder/decoder networks (conf/model/<arch>.yaml)")
-    z_dim: int = key(50, "latent dimensions (of the top layer, where p(z) is)", POSITIVE)
-    latent_layers: int = key(
-        1,
-        "stochastic layers: 1, or 2 (z2 ~ p(z2), z1 ~ p(z1|z2), x ~ p(x|z1); z2 has z_dim)",
-        Rule(lambda v: v in (1, 2), "1 or 2"),
-    )
-    lower_z_dim: int | None = key(
-        None,
-        "latent_layers=2: dimensions of z1, the layer the decoder reads; null = 2 x z_dim",
-        POSITIVE,
-    )
-    hidden_dim: int = key(400, "hidden layer width", POSITIVE)
-    hidden_layers: int = key(1, "hidden layers of the encoder and of the decoder", POSITIVE)
-    # The names of networks.ACTIVATIONS, networks.INITS and model.DECODER_READS (tested).
-    activation: str = key(
-        "softplus",
-        "mlp: hidden layers softplus(W x + b) | gated (W1 x + b1) * sigmoid(W2 x + b2), "
-        "Tomczak & Welling's (the two-layer conditionals too)",
-        Rule(lambda v: v in ("softplus", "gated"), "softplus | gated"),
-    )
-    init: str = key(
-        "default",
-        "the networks' Linear weights: PyTorch's | he, N(0, 2/fan_in), Tomczak & Welling's",
-        Rule(lambda v: v in ("default", "he"), "default | he"),
-    )
-    decoder_reads: str = key(
-        "z1",
-        "latent_layers=2: p(x|z1) | z1z2, p(x|z1,z2), Tomczak & Welling's HVAE",
-        Rule(lambda v: v in ("z1", "z1z2"), "z1 | z1z2"),
-    )
-    channels: list[int] = key(
-        [32, 64, 128],
-        "conv: feature maps after each stride-2 convolution",
-        Rule(lambda v: len(v) > 0 and min(v) >= 1, "a non-empty list of integers >= 1"),
-    )
-    likelihood: Likelihood = key(Likelihood.bernoulli, "pixel model p(x|z)")
-    scale_param: ScaleParam = key(
-        ScaleParam.exp, "the encoder's fc22 as log-scale | log-variance | through softplus"
-    )
-    scale_bounds: list[float] | None = key(
-        None,
-        "[low, high]: fc22 clipped (hardtanh) before scale_param's transform, in its units; "
-        "null = unbounded; Tomczak & Welling: [-6, 2] with scale_param=logvar",
-        Rule(
-            lambda v: len(v) == 2 and all(map(math.isfinite, v)) and v[0] < v[1],
-            "two finite numbers, low < high",
-        ),
-    )
-    kl_weight: float = key(
-        1.0,
-        "beta: loss = -E[log p(x|z)] + beta KL",
-        Rule(lambda v: 0 <= v < math.inf, "a finite number >= 0"),
-    )
-    kl_warmup_epochs: int = key(0, "KL weight rises from 0 over N epochs", int_at_least(0))
-    prior: PriorConfig = field(default_factory=PriorConfig)
-    posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.latent_layers == 1 and self.lower_z_dim is not None:
-            raise VaePyroError(
-                f"model.lower_z_dim={self.lower_z_dim} sizes the lower of two stochastic layers: "
-                "give model.latent_layers=2 with it, or leave it out"
-            )
-        if self.latent_layers == 1 and self.decoder_reads != "z1":
-            raise VaePyroError(
-                f"model.decoder_reads={self.decoder_reads} lets the decoder read the top of two "
-                "stochastic layers: give model.latent_layers=2 with it, or leave it out"
-            )
-
-    @property
-    def decoder_z_dim(self) -> int:
-        """Dimensions of the layer the decoder reads: z1 of two layers, else z."""
-        if self.latent_layers == 1:
-            return self.z_dim
-        return 2 * self.z_dim if self.lower_z_dim is None else self.lower_z_dim
-
-    @property
-    def decoder_input_dim(self) -> int:
-        """The decoder's input size: z1 (or z), with z2 beside it where it reads both."""
-        return self.decoder_z_dim + (self.z_dim if self.decoder_reads == "z1z2" else 0)
 
 
 @dataclass
@@ -237,14 +127,6 @@ class OptimConfig(Section):
                     f"{shown} differs from optim.{name}={format_value(getattr(self, name))}, "
                     f"which it would silently replace: give optim.{name}={format_value(value)}"
                 )
-
-
-@dataclass
-class ElboConfig(Section):
-    PREFIX: ClassVar[str] = "elbo."
-    name: Objective = key(Objective.trace, "training objective (conf/elbo/<name>.yaml)")
-    num_particles: int = key(1, "samples per image and step (iwae: K)", POSITIVE)
-    vectorize_particles: bool = key(True, "num_particles > 1: all in one pass")
 
 
 @dataclass

@@ -99,6 +99,7 @@ PROTOCOLS = {  # data.binarize -> the line saying which data the numbers are for
 class Split:
     x: torch.Tensor  # (N, C, H, W) float in [0, 1], on the training device
     y: torch.Tensor  # (N,) int64 labels, same device
+    classes: list[str] | None = None  # the label's names where the source has them
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -405,9 +406,11 @@ def _fixed_draw(x: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.bernoulli(x.float().div_(255.0), generator=generator).to(torch.uint8).mul_(255)
 
 
-def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> Split:
+def _to_device(
+    x: torch.Tensor, y: torch.Tensor, device: torch.device, classes: list[str] | None
+) -> Split:
     # Move the compact uint8 array, then convert on the device.
-    return Split(x.to(device).float().div_(255.0), y.to(device).long())
+    return Split(x.to(device).float().div_(255.0), y.to(device).long(), classes)
 
 
 def _path(path: Path | None, name: str, what: str) -> Path:
@@ -537,9 +540,14 @@ def load_data(
         x_train, y_train = x_train[:subset], y_train[:subset]
     if binarize != "none":
         x_test = _fixed_draw(x_test, TEST_SEED)
+    classes = None
+    if name == "image_folder":  # the folders' names, numbered as ImageFolder numbers them
+        from torchvision.datasets.folder import find_classes
+
+        classes = find_classes(str(path / "train"))[0]
     return ImageData(
-        _to_device(x_train, y_train, device),
-        _to_device(x_test, y_test, device),
+        _to_device(x_train, y_train, device, classes),
+        _to_device(x_test, y_test, device, classes),
         binarize,
         found,
     )

@@ -12,7 +12,6 @@ anything that does (data, model) at import time, and matplotlib only when a figu
 
 # No `from __future__ import annotations`: OmegaConf reads the sections' field types at runtime.
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from vae_pyro.data import one_per_class
 from vae_pyro.errors import VaePyroError
 from vae_pyro.schema import POSITIVE, Choice, Rule, Section, int_at_least, key
 
@@ -63,7 +63,6 @@ class Scene:
         """The chosen test images: `indices`, or the first test image of each class."""
         if self.cfg.indices is not None:
             return check_indices(self.cfg.indices, "indices", len(self.test))
-        from vae_pyro.data import one_per_class  # data imports config, which imports this module
 
         return one_per_class(self.test.y).tolist()
 
@@ -474,24 +473,9 @@ def _embedding(z: torch.Tensor, method: LatentMethod, seed: int) -> tuple[Any, .
 
 
 def class_names(scene: Scene) -> list[str] | None:
-    """The legend's name of each label: the class folders of an image_folder run (ImageFolder
-    numbers them in sorted order), else None (the label is the name: a digit, a CIFAR index).
-
-    The test split carries no names and the Scene no data config, so the run's checkpoint says
-    where its folder is; a Split with a `classes` attribute would be read first."""
-    names = getattr(scene.test, "classes", None)
-    if names is not None:
-        return list(names)
-    from vae_pyro.checkpoint import read  # checkpoint imports config, which imports this module
-
-    data = read(Path(scene.cfg.run_dir) / "checkpoint.pt", map_location="cpu").config["data"]
-    if data.get("name") != "image_folder" or not data.get("path"):
-        return None
-    train = Path(data["path"]).expanduser() / "train"
-    try:
-        return sorted(entry.name for entry in os.scandir(train) if entry.is_dir())
-    except OSError:  # the folder moved since: the labels' numbers
-        return None
+    """The legend's name of each label: the class folders of an image_folder run, else None
+    (the label is the name: a digit, a CIFAR index)."""
+    return scene.test.classes
 
 
 @figure("latent", LatentFigure, check=_layer)

@@ -1,11 +1,13 @@
-"""The VAE as a Pyro model/guide pair. Pyro primitives only: no Hydra, no I/O."""
+"""The VAE as a Pyro model/guide pair (Pyro primitives only: no Hydra, no I/O), with its config
+section, ModelConfig (and ElboConfig, the objective), beside it."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: OmegaConf reads ModelConfig's field types at runtime.
 
+import math
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
-from typing import Any, Literal, overload
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, overload
 
 import pyro
 import pyro.distributions as dist
@@ -14,11 +16,11 @@ import torch
 from pyro.infer import ELBO, JitTrace_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 
-from vae_pyro.config import ElboConfig, ModelConfig, to_object
 from vae_pyro.errors import VaePyroError
-from vae_pyro.networks import ARCHS, INITS, LowerLayer, PixelDecoder
-from vae_pyro.posteriors import POSTERIORS
-from vae_pyro.priors import PRIORS
+from vae_pyro.networks import ACTIVATIONS, ARCHS, INITS, SCALE_PARAMS, LowerLayer, PixelDecoder
+from vae_pyro.posteriors import POSTERIORS, PosteriorConfig
+from vae_pyro.priors import PRIORS, PriorConfig
+from vae_pyro.schema import POSITIVE, Choice, Rule, Section, int_at_least, key, to_object
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,124 @@ DECODER_READS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] =
     "z1": lambda top, lower: lower,  # p(x | z1): the hierarchy of Burda et al.
     "z1z2": lambda top, lower: torch.cat([lower, top], -1),  # p(x | z1, z2): Tomczak & Welling
 }
+
+
+# elbo.name -> Pyro's estimator of the training objective. The model has one plate ("data").
+OBJECTIVES: dict[str, Callable[..., ELBO]] = {
+    "trace": Trace_ELBO,
+    "meanfield": TraceMeanField_ELBO,  # KL(q || p) in closed form: both are Normal
+    "jit": lambda **kw: JitTrace_ELBO(ignore_jit_warnings=True, **kw),
+    # Burda et al.'s importance-weighted bound: per image, log mean_k p(x, z_k) / q(z_k | x)
+    "iwae": lambda **kw: RenyiELBO(alpha=0, **kw),
+}
+
+
+# Every choice of the model's config section is made from its registry: a new entry is a new
+# value users can type, refused by OmegaConf while it composes if unknown, listed by --help.
+Arch = Choice("Arch", {name: name for name in ARCHS}, module=__name__)
+Likelihood = Choice("Likelihood", {name: name for name in LIKELIHOODS}, module=__name__)
+ScaleParam = Choice("ScaleParam", {name: name for name in SCALE_PARAMS}, module=__name__)
+Activation = Choice("Activation", {name: name for name in ACTIVATIONS}, module=__name__)
+Init = Choice("Init", {name: name for name in INITS}, module=__name__)
+DecoderReads = Choice("DecoderReads", {name: name for name in DECODER_READS}, module=__name__)
+Objective = Choice("Objective", {name: name for name in OBJECTIVES}, module=__name__)
+
+
+@dataclass
+class ModelConfig(Section):
+    PREFIX: ClassVar[str] = "model."
+    # Training-only keys: the networks a checkpoint holds do not depend on them.
+    TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("kl_weight", "kl_warmup_epochs")
+    # The keys that only some architectures read (networks.ARCHS): see refuse_unread.
+    ARCH_READS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "mlp": ("activation",),
+        "conv": ("channels",),
+    }
+    arch: Arch = key(Arch.mlp, "encoder/decoder networks (conf/model/<arch>.yaml)")
+    z_dim: int = key(50, "latent dimensions (of the top layer, where p(z) is)", POSITIVE)
+    latent_layers: int = key(
+        1,
+        "stochastic layers: 1, or 2 (z2 ~ p(z2), z1 ~ p(z1|z2), x ~ p(x|z1); z2 has z_dim)",
+        Rule(lambda v: v in (1, 2), "1 or 2"),
+    )
+    lower_z_dim: int | None = key(
+        None,
+        "latent_layers=2: dimensions of z1, the layer the decoder reads; null = 2 x z_dim",
+        POSITIVE,
+    )
+    hidden_dim: int = key(400, "hidden layer width", POSITIVE)
+    hidden_layers: int = key(1, "hidden layers of the encoder and of the decoder", POSITIVE)
+    activation: Activation = key(
+        Activation.softplus,
+        "mlp: hidden layers softplus(W x + b) | gated (W1 x + b1) * sigmoid(W2 x + b2), "
+        "Tomczak & Welling's (the two-layer conditionals too)",
+    )
+    init: Init = key(
+        Init.default,
+        "the networks' Linear weights: PyTorch's | he, N(0, 2/fan_in), Tomczak & Welling's",
+    )
+    decoder_reads: DecoderReads = key(
+        DecoderReads.z1, "latent_layers=2: p(x|z1) | z1z2, p(x|z1,z2), Tomczak & Welling's HVAE"
+    )
+    channels: list[int] = key(
+        [32, 64, 128],
+        "conv: feature maps after each stride-2 convolution",
+        Rule(lambda v: len(v) > 0 and min(v) >= 1, "a non-empty list of integers >= 1"),
+    )
+    likelihood: Likelihood = key(Likelihood.bernoulli, "pixel model p(x|z)")
+    scale_param: ScaleParam = key(
+        ScaleParam.exp, "the encoder's fc22 as log-scale | log-variance | through softplus"
+    )
+    scale_bounds: list[float] | None = key(
+        None,
+        "[low, high]: fc22 clipped (hardtanh) before scale_param's transform, in its units; "
+        "null = unbounded; Tomczak & Welling: [-6, 2] with scale_param=logvar",
+        Rule(
+            lambda v: len(v) == 2 and all(map(math.isfinite, v)) and v[0] < v[1],
+            "two finite numbers, low < high",
+        ),
+    )
+    kl_weight: float = key(
+        1.0,
+        "beta: loss = -E[log p(x|z)] + beta KL",
+        Rule(lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    )
+    kl_warmup_epochs: int = key(0, "KL weight rises from 0 over N epochs", int_at_least(0))
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.latent_layers == 1 and self.lower_z_dim is not None:
+            raise VaePyroError(
+                f"model.lower_z_dim={self.lower_z_dim} sizes the lower of two stochastic layers: "
+                "give model.latent_layers=2 with it, or leave it out"
+            )
+        if self.latent_layers == 1 and self.decoder_reads != "z1":
+            raise VaePyroError(
+                f"model.decoder_reads={self.decoder_reads} lets the decoder read the top of two "
+                "stochastic layers: give model.latent_layers=2 with it, or leave it out"
+            )
+
+    @property
+    def decoder_z_dim(self) -> int:
+        """Dimensions of the layer the decoder reads: z1 of two layers, else z."""
+        if self.latent_layers == 1:
+            return self.z_dim
+        return 2 * self.z_dim if self.lower_z_dim is None else self.lower_z_dim
+
+    @property
+    def decoder_input_dim(self) -> int:
+        """The decoder's input size: z1 (or z), with z2 beside it where it reads both."""
+        return self.decoder_z_dim + (self.z_dim if self.decoder_reads == "z1z2" else 0)
+
+
+@dataclass
+class ElboConfig(Section):
+    PREFIX: ClassVar[str] = "elbo."
+    name: Objective = key(Objective.trace, "training objective (conf/elbo/<name>.yaml)")
+    num_particles: int = key(1, "samples per image and step (iwae: K)", POSITIVE)
+    vectorize_particles: bool = key(True, "num_particles > 1: all in one pass")
 
 
 def _kl_weighted(kl_scale: float) -> AbstractContextManager:
@@ -317,16 +437,6 @@ def kl_scale(model_cfg: ModelConfig, epoch: int) -> float:
     if model_cfg.kl_warmup_epochs > 0:
         weight *= min(1.0, (epoch - 1) / model_cfg.kl_warmup_epochs)
     return weight
-
-
-# elbo.name -> Pyro's estimator of the training objective. The model has one plate ("data").
-OBJECTIVES: dict[str, Callable[..., ELBO]] = {
-    "trace": Trace_ELBO,
-    "meanfield": TraceMeanField_ELBO,  # KL(q || p) in closed form: both are Normal
-    "jit": lambda **kw: JitTrace_ELBO(ignore_jit_warnings=True, **kw),
-    # Burda et al.'s importance-weighted bound: per image, log mean_k p(x, z_k) / q(z_k | x)
-    "iwae": lambda **kw: RenyiELBO(alpha=0, **kw),
-}
 
 
 def build_elbo(cfg: ElboConfig) -> ELBO:

@@ -12,14 +12,11 @@ import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-if TYPE_CHECKING:
-    from vae_pyro.config import ModelConfig
 
 # model.scale_param -> how the encoder's second head (fc22) becomes the positive scale of q(z|x).
 SCALE_PARAMS = {
@@ -217,7 +214,7 @@ class LowerLayer(nn.Module):
     """The lower stochastic layer z1 of a two-layer VAE: `prior`, p(z1 | z2), and `posterior`,
     q(z1 | x, z2) (the HVAE factorisation of Tomczak & Welling 2018, sec. 3.2)."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: Any) -> None:  # model.ModelConfig (read, not imported)
         super().__init__()
         top, lower, width = cfg.z_dim, cfg.decoder_z_dim, cfg.hidden_dim
         layers = (cfg.scale_param, cfg.hidden_layers, cfg.activation, cfg.scale_bounds)
@@ -318,9 +315,10 @@ class ConvDecoder(PixelDecoder):
 
 
 # model.arch -> the function that builds its (encoder, decoder) pair for images of a shape.
-# Adding an architecture: its two modules, one entry here, conf/model/<name>.yaml, config.Arch.
+# Adding an architecture: its two modules, one entry here (model.Arch is made from it) and
+# conf/model/<name>.yaml. Each builder reads the model section (model.ModelConfig) it is given.
 Networks = tuple[GaussianEncoder, PixelDecoder]
-ARCHS: dict[str, Callable[[tuple[int, ...], ModelConfig, bool], Networks]] = {
+ARCHS: dict[str, Callable[[tuple[int, ...], Any, bool], Networks]] = {
     "mlp": lambda shape, cfg, learn_scale: (
         Encoder(
             shape,
