@@ -291,3 +291,18 @@ def test_a_checkpoint_written_inside_an_epoch_says_how_far_it_got(trained, tmp_p
     assert (
         "checkpoint after epoch 2 and 7 steps of epoch 3, 20 test images" in capsys.readouterr().out
     )
+
+
+def test_a_long_estimate_says_its_cost_and_the_quick_form_after_its_first_chunk(
+    monkeypatch, capsys
+):
+    lg = LinearGaussian()
+    x = lg.marginal().sample((30,))
+    monkeypatch.setattr(estimators, "SAY_COST_S", 0.0)  # any estimate counts as long here
+    importance_sample(lg, x, 50, max_batch_elements=500, progress=True)
+    said = [line for line in capsys.readouterr().err.splitlines() if "for 30 images" in line]
+    assert len(said) == 1 and said[0].startswith("IW K=50: about ")
+    assert "num_particles=100 num_images=1000 gives a quick estimate" in said[0]
+    monkeypatch.setattr(estimators, "SAY_COST_S", 1e9)
+    importance_sample(lg, x, 50, max_batch_elements=500, progress=True)
+    assert "for 30 images" not in capsys.readouterr().err

@@ -120,6 +120,9 @@ def importance_sample(
     return out
 
 
+SAY_COST_S = 60.0  # an estimate that will take longer says so after its first chunk
+
+
 class _Progress:
     """A bar on a terminal; in a log file (a batch job, nohup) one line at each tenth of the
     images with the time spent and left, since tqdm draws nothing there."""
@@ -133,6 +136,15 @@ class _Progress:
     def update(self, n: int) -> None:
         self.bar.update(n)
         self.done += n
+        if self.done == n and self.done < self.total:  # after the first chunk: the cost ahead
+            whole = (time.perf_counter() - self.start) * self.total / self.done
+            if whole > SAY_COST_S:
+                print(
+                    f"{self.desc}: about {whole / 60:.1f} min for {self.total} images at this "
+                    "pace (num_particles=100 num_images=1000 gives a quick estimate in seconds)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if self.lines and self.done * 10 // self.total > self.tenths:
             self.tenths = self.done * 10 // self.total
             spent = time.perf_counter() - self.start
