@@ -1,8 +1,8 @@
 """vae-pyro: a variational autoencoder in Pyro.
 
 `vae_pyro.load(run_dir)` gives a trained run's model (vae_pyro/api.py); `vae_pyro.fit(*overrides)`
-trains one. Names are imported on first use, so that `import vae_pyro` (and every command's
-`--help`) does not pay for torch and Pyro.
+trains one. Names are imported on first use, so that `import vae_pyro` (and `python -m
+vae_pyro`'s command list) does not pay for torch and Pyro.
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from vae_pyro import files
@@ -76,16 +75,18 @@ def claim_free(first: Path, stamped: bool, claim: Callable[[Path], T]) -> T:
 
 
 @contextlib.contextmanager
-def recording(run_dir: Path, config: dict[str, Any], overrides: list[str]) -> Iterator[None]:
+def recording(run_dir: Path, config: dict[str, Any], origin: Any) -> Iterator[None]:
     """The record of a run that was accepted: .hydra/config.yaml (the config it runs with,
     defaults included), .hydra/overrides.yaml (what the command line changed), .hydra/hydra.yaml
     (under Hydra), and train.log, appended to for as long as the run lasts. Written by the run
-    itself, only once nothing refused it, so a refused command never touches a run's record."""
+    itself, only once nothing refused it, so a refused command never touches a run's record.
+    `origin`: train.Origin, the overrides and, under Hydra, its config."""
     record = run_dir / ".hydra"
     record.mkdir(parents=True, exist_ok=True)
-    texts = {"config.yaml": OmegaConf.to_yaml(config), "overrides.yaml": _yaml_list(overrides)}
-    if HydraConfig.initialized():
-        texts["hydra.yaml"] = OmegaConf.to_yaml({"hydra": HydraConfig.get()})
+    overrides = _yaml_list(origin.overrides)
+    texts = {"config.yaml": OmegaConf.to_yaml(config), "overrides.yaml": overrides}
+    if origin.hydra is not None:
+        texts["hydra.yaml"] = OmegaConf.to_yaml({"hydra": origin.hydra})
     for name, text in texts.items():
         files.atomic_write(record / name, lambda f, text=text: f.write(text.encode()))
     handler = logging.FileHandler(run_dir / "train.log")

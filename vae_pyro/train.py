@@ -103,14 +103,34 @@ def _decide(trainer: TrainerConfig, run_dir: Path) -> tuple[Path, checkpoint.Che
         raise
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Who started the run: a Hydra job (its config: the dir Hydra made, the overrides, the
+    mode) or a Python caller (hydra None, its overrides as given to fit)."""
+
+    hydra: Any
+    overrides: list[str]
+
+    @property
+    def stamped(self) -> bool:
+        """A single run's time-stamped dir (runs.time_stamped): taken, the next name is used."""
+        return self.hydra is not None and self.sweep is False and runs.time_stamped(self.hydra.run)
+
+    @property
+    def sweep(self) -> bool:
+        return self.hydra is not None and self.hydra.mode == RunMode.MULTIRUN
+
+
 @dataclass
 class RunStart:
     """How a run starts, decided once, by train(), before any work: its run dir (locked by rank
-    0 for the run's life), the checkpoint it continues (read once) and the process group."""
+    0 for the run's life), the checkpoint it continues (read once), the process group and who
+    started it."""
 
     run_dir: Path
     group: distributed.Group
     saved: checkpoint.Checkpoint | None  # the checkpoint to continue; None: a new run
+    origin: Origin
     recorder: loggers.Recorder = field(init=False)
     _held: bool = field(init=False, default=True)
 
@@ -119,17 +139,17 @@ class RunStart:
 
     @classmethod
     def claim(
-        cls, cfg: TrainConfig, run_dir: Path, group: distributed.Group, time_stamped: bool = False
+        cls, cfg: TrainConfig, run_dir: Path, group: distributed.Group, origin: Origin
     ) -> RunStart:
         """Rank 0 decides (see _decide), every rank follows: a refusal is the same VaePyroError
-        on each. `time_stamped`: a run dir taken by another run gives way to the next free name
+        on each. A time-stamped run dir taken by another run gives way to the next free name
         (runs.claim_free)."""
 
         def decide() -> tuple[Path, checkpoint.Checkpoint | None]:
-            return runs.claim_free(Path(run_dir), time_stamped, lambda d: _decide(cfg.trainer, d))
+            return runs.claim_free(run_dir, origin.stamped, lambda d: _decide(cfg.trainer, d))
 
         run_dir, saved = group.decide(decide)
-        start = cls(run_dir, group, saved)
+        start = cls(run_dir, group, saved, origin)
         try:
             _check_batches(cfg, saved)
         except VaePyroError:
@@ -282,10 +302,9 @@ def _log_changes(run: Run, saved: dict) -> None:
 
 
 def _resume_hint(run: Run) -> str:
-    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
     kept = [
         o
-        for o in overrides
+        for o in run.start.origin.overrides
         if not o.split("=")[0].lstrip("+~").startswith(("hydra.", "trainer.resume"))
     ]
     return " ".join(
@@ -482,7 +501,7 @@ def _finish(run: Run) -> float:
     final = run.history[-1]["test_loss"]
     run.group.only(_figures, run)
     log.info("final test loss %.2f nats per image; artifacts in %s", final, run.run_dir)
-    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+    if not run.start.origin.sweep:
         run.group.only(runs.mark_latest, run.run_dir)  # outputs/latest, for a run inside it
     return final
 
@@ -501,16 +520,6 @@ def _build(cfg: TrainConfig, data: ImageData, start: RunStart) -> Run:
     return run
 
 
-def _hydra_job() -> tuple[Path | None, bool, list[str]]:
-    """Under Hydra: the job's dir (which Hydra made), whether it is a time-stamped name of a
-    single run (runs.time_stamped), and the command line's overrides; else (None, False, [])."""
-    if not HydraConfig.initialized():
-        return None, False, []
-    hydra = HydraConfig.get()
-    stamped = hydra.mode == RunMode.RUN and runs.time_stamped(hydra.run)
-    return Path(hydra.runtime.output_dir), stamped, list(hydra.overrides.task)
-
-
 def train(
     cfg: DictConfig | TrainConfig,
     run_dir: str | Path | None = None,
@@ -521,18 +530,19 @@ def train(
     run, from the CLI, a sweep job or vae_pyro.fit: the config checked, the run dir claimed and
     its checkpoint read, "nothing to train" decided, each once, before anything is written.
     `overrides`: what the run's record names as its overrides when Hydra does not say."""
-    hydra_dir, stamped, given = _hydra_job()
-    run_dir = Path(run_dir) if run_dir is not None else hydra_dir
-    if run_dir is None:
+    if run_dir is not None:
+        return _start(cfg, Path(run_dir), Origin(None, list(overrides)))
+    if not HydraConfig.initialized():
         raise VaePyroError("train(cfg) outside a Hydra job needs run_dir=")
+    hydra = HydraConfig.get()
+    made = Path(hydra.runtime.output_dir)
     try:
-        return _start(cfg, run_dir, stamped, given or list(overrides))
+        return _start(cfg, made, Origin(hydra, list(hydra.overrides.task)))
     finally:
-        if hydra_dir is not None:
-            files.prune(hydra_dir)  # Hydra made it: a refused run leaves no empty dir
+        files.prune(made)  # Hydra made it: a refused run leaves no empty dir
 
 
-def _start(cfg: DictConfig | TrainConfig, run_dir: Path, stamped: bool, given: list[str]) -> float:
+def _start(cfg: DictConfig | TrainConfig, run_dir: Path, origin: Origin) -> float:
     raw, cfg = cfg, to_object(cfg, TrainConfig)
     refuse_unread(raw, TrainConfig)  # a key the chosen component would ignore
     group = distributed.start(cfg.trainer.device, cfg.trainer.dist_timeout_s)
@@ -541,14 +551,14 @@ def _start(cfg: DictConfig | TrainConfig, run_dir: Path, stamped: bool, given: l
     pyro.clear_param_store()  # sweep jobs share one process: start each from nothing
     pyro.set_rng_seed(cfg.seed)
     data = load_data_config(cfg.data, device)
-    start = RunStart.claim(cfg, run_dir, group, stamped)
+    start = RunStart.claim(cfg, run_dir, group, origin)
     try:
-        return _train(cfg, data, start, given)
+        return _train(cfg, data, start)
     finally:
         start.release()
 
 
-def _train(cfg: TrainConfig, data: ImageData, start: RunStart, given: list[str]) -> float:
+def _train(cfg: TrainConfig, data: ImageData, start: RunStart) -> float:
     run = _build(cfg, data, start)
     saved = start.saved
     if start.done(cfg.trainer.epochs):  # the run dir is left untouched
@@ -565,7 +575,9 @@ def _train(cfg: TrainConfig, data: ImageData, start: RunStart, given: list[str])
     tracker = loggers.tracker(cfg.logger, params)  # a tracking store that refuses: no files
     with run.recorder.open(run.history, run.done + 1, params, tracker):
         # Accepted: from here on the run dir is this run's, and its record says so.
-        with run.group.only(runs.recording, run.run_dir, run.resolved, given) or nullcontext():
+        with (
+            run.group.only(runs.recording, run.run_dir, run.resolved, start.origin) or nullcontext()
+        ):
             log.info(
                 "training on %s: %s; run dir %s", data.train.x.device, _about(run), run.run_dir
             )
