@@ -238,6 +238,15 @@ def test_slurm_launcher_configs_compose(launcher):
             assert cfg.hydra.launcher[key] == ours[key], key
 
 
+def test_report_on_a_file_says_it_is_not_a_directory(tmp_path, capsys):
+    (tmp_path / "f.txt").write_text("x")
+    assert report.main([str(tmp_path / "f.txt")]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"vae_pyro.report: error: not a directory: {tmp_path / 'f.txt'}\n"
+    )
+
+
 def test_report_on_a_missing_directory_is_one_clear_error(tmp_path, capsys):
     assert report.main([str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err

@@ -212,7 +212,8 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per job of the sweep in sweep_dir; VaePyroError when there is nothing to read."""
     sweep_dir = Path(sweep_dir).expanduser()
     if not sweep_dir.is_dir():
-        raise VaePyroError(f"no such directory: {sweep_dir}")
+        what = "not a directory" if sweep_dir.exists() else "no such directory"
+        raise VaePyroError(f"{what}: {sweep_dir}")
     if (sweep_dir / ".hydra" / "config.yaml").is_file():
         raise VaePyroError(
             f"{sweep_dir} is one run's directory, not a folder of runs: report summarises the "
