@@ -235,7 +235,7 @@ def test_evaluate_cli_writes_eval_json(trained, tmp_path):
         ("max_batch_elements=-5", "max_batch_elements=-5 is not allowed: use an integer >= 1"),
         ("num_images=0", "num_images=0 is not allowed: use an integer >= 1"),
         ("device=tpu", "device=tpu is not allowed: use auto, cpu, cuda or cuda:N"),
-        ("num_images=10001", "num_images=10001 but the test set has 10000 images: give"),
+        ("num_images=10001", "num_images=10001 but the test set has 10000 images: give 10000"),
     ],
 )
 def test_bad_options_are_one_clear_error(trained, override, message, monkeypatch, capsys):

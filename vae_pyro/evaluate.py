@@ -60,10 +60,10 @@ def evaluate(cfg: DictConfig | EvaluateConfig) -> dict[str, Any]:
     data = load_data_config(ckpt.data_config, device, subset=1)
     check_images(data, ckpt)
     other_data = check_data(data, ckpt, cfg.allow_other_data, "allow_other_data")
-    if cfg.num_images is not None and cfg.num_images > len(data.test):
+    if (cfg.num_images or 0) > len(data.test):
+        n = len(data.test)
         raise VaePyroError(
-            f"num_images={cfg.num_images} but the test set has {len(data.test)} images: give "
-            f"num_images={len(data.test)} or less, or leave it out (all of them)"
+            f"num_images={cfg.num_images} but the test set has {n} images: give {n} or less"
         )
     x = data.test.x if cfg.num_images is None else data.test.x[: cfg.num_images]
 
