@@ -44,6 +44,11 @@ def _report(record: dict[str, Any], out: Path) -> str:
     )
 
 
+def _check_count(asked: int | None, n: int) -> None:
+    if (asked or 0) > n:
+        raise VaePyroError(f"num_images={asked} but the test set has {n} images: give {n} or less")
+
+
 def evaluate(cfg: DictConfig | EvaluateConfig) -> dict[str, Any]:
     """Evaluate a run's checkpoint on its test set; print, write and return the record. An
     output that exists (without overwrite=true), is not a record evaluate wrote, or cannot be
@@ -60,11 +65,7 @@ def evaluate(cfg: DictConfig | EvaluateConfig) -> dict[str, Any]:
     data = load_data_config(ckpt.data_config, device, subset=1)
     check_images(data, ckpt)
     other_data = check_data(data, ckpt, cfg.allow_other_data, "allow_other_data")
-    if (cfg.num_images or 0) > len(data.test):
-        n = len(data.test)
-        raise VaePyroError(
-            f"num_images={cfg.num_images} but the test set has {n} images: give {n} or less"
-        )
+    _check_count(cfg.num_images, len(data.test))
     x = data.test.x if cfg.num_images is None else data.test.x[: cfg.num_images]
 
     pyro.set_rng_seed(cfg.seed)
