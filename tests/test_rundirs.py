@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from vae_pyro import checkpoint, files
 from vae_pyro import evaluate as evaluate_module
-from vae_pyro.cli import CONF_DIR, Sweep
+from vae_pyro.cli import CONF_DIR, RunDirs
 from vae_pyro.errors import VaePyroError
 from vae_pyro.evaluate import evaluate
 from vae_pyro.sample import sample
@@ -310,7 +310,7 @@ def test_a_sweep_exits_1_for_its_own_failed_jobs_only(tmp_path, capsys):
     _write_status(sweep / "0", "failed")  # from an earlier sweep into the same dir
     _write_status(sweep / "1", "ok")
     cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
-    check = Sweep("train")
+    check = RunDirs("train")
     check.on_multirun_start(config=cfg)
     _write_status(sweep / "1", "ok")  # this sweep's jobs
     _write_status(sweep / "2", "ok")

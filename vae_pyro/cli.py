@@ -194,15 +194,26 @@ def _failed(status: Path) -> bool:
         return True
 
 
-class Sweep(Callback):
-    """A Hydra callback (conf/train.yaml: hydra.callbacks.sweep): a sweep dir belongs to one
-    sweep, locked for its life, and one that holds another sweep is refused before any job runs;
-    after the sweep, exits 1 if any of its jobs failed."""
+_MADE: list[Path] = []  # the run dir Hydra is about to make: `shell` removes it if left empty
+
+
+class RunDirs(Callback):
+    """A Hydra callback (conf/train.yaml: hydra.callbacks.run_dirs). A run dir Hydra makes is
+    named before it is made, so that `shell` removes it if the command ends with nothing in it
+    (refused, failed or interrupted, even between Hydra's mkdir and the task's first line). A
+    sweep dir belongs to one sweep, locked for its life, and one that holds another sweep is
+    refused before any job runs; after the sweep, exits 1 if any of its jobs failed (each job
+    records its outcome in its dir: `_record_job`)."""
 
     def __init__(self, command: str) -> None:
         self.command = command
         self.before: dict[Path, tuple[int, int]] = {}
         self.locked: Path | None = None
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        made = Path(config.hydra.run.dir).absolute()  # ${now:} is cached: the dir Hydra makes
+        if not made.exists():
+            _MADE.append(made)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir).absolute()
@@ -391,18 +402,6 @@ def _handlers(handlers: dict[int, Any]) -> dict[int, Any]:
     return previous
 
 
-def _prune_job_dir() -> None:
-    """The run dir Hydra made for a command that then stopped, if nothing was written there
-    (a signal between Hydra's mkdir and the task's first line included)."""
-    if HydraConfig.initialized():
-        hydra = HydraConfig.get()
-        made = OmegaConf.select(hydra, "runtime.output_dir", default=None)
-        if made is None and hydra.mode == RunMode.RUN:  # Hydra restored its config on the way out
-            made = OmegaConf.select(hydra, "run.dir", default=None)
-        if made:
-            files.prune(Path(made))
-
-
 def _signal_behind(err: BaseException) -> KeyboardInterrupt | None:
     """The interruption an exception was raised while handling, if any."""
     seen: set[int] = set()
@@ -445,15 +444,15 @@ def shell(command: str) -> Iterator[None]:
     try:
         yield
     except Exception as err:
-        _prune_job_dir()
         stop = _signal_behind(err)  # a library broken mid-step by the signal raised anew
         if stop is None:
             _error(command, err)
         _stopped(command, stop, previous)
     except KeyboardInterrupt as stop:  # errors.Interrupted too
-        _prune_job_dir()
         _stopped(command, stop, previous)
     finally:
+        while _MADE:
+            files.prune(_MADE.pop())  # only if nothing was written there
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 

@@ -535,11 +535,7 @@ def train(
     if not HydraConfig.initialized():
         raise VaePyroError("train(cfg) outside a Hydra job needs run_dir=")
     hydra = HydraConfig.get()
-    made = Path(hydra.runtime.output_dir)
-    try:
-        return _start(cfg, made, Origin(hydra, list(hydra.overrides.task)))
-    finally:
-        files.prune(made)  # Hydra made it: a refused run leaves no empty dir
+    return _start(cfg, Path(hydra.runtime.output_dir), Origin(hydra, list(hydra.overrides.task)))
 
 
 def _start(cfg: DictConfig | TrainConfig, run_dir: Path, origin: Origin) -> float:
