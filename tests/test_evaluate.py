@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+import types
 
 import pyro
 import pyro.distributions as dist
@@ -294,7 +295,24 @@ def test_a_checkpoint_written_inside_an_epoch_says_how_far_it_got(trained, tmp_p
     )
 
 
-def test_a_long_estimate_says_its_cost_and_the_quick_form_after_its_first_chunk(
+def test_the_estimate_is_at_the_pace_after_the_first_chunk_which_carries_the_warm_up(
+    monkeypatch, capsys
+):
+    clock = iter([0.0, 100.0, 101.0, 102.0])  # start; the first chunk 100 s, the next ones 1 s
+    monkeypatch.setattr(estimators, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    monkeypatch.setattr(estimators, "SAY_COST_S", 0.0)
+    progress = estimators._Progress(30, "IW K=5", shown=True)
+    for _ in range(3):
+        progress.update(10)
+    progress.close()
+    said = [line for line in capsys.readouterr().err.splitlines() if "for 30 images" in line]
+    assert said == [  # 101 s spent + 10 images at 0.1 s: not 300 s at the first chunk's pace
+        "IW K=5: about 1.7 min for 30 images at this pace (num_particles=100 num_images=1000 "
+        "gives a quick estimate in seconds)"
+    ]
+
+
+def test_a_long_estimate_says_its_cost_and_the_quick_form_after_its_second_chunk(
     monkeypatch, capsys
 ):
     lg = LinearGaussian()

@@ -120,7 +120,7 @@ def importance_sample(
     return out
 
 
-SAY_COST_S = 60.0  # an estimate that will take longer says so after its first chunk
+SAY_COST_S = 60.0  # an estimate that will take longer says so after its second chunk
 
 
 class _Progress:
@@ -132,12 +132,18 @@ class _Progress:
         self.bar = tqdm(total=total, unit="img", desc=desc, disable=None if shown else True)
         self.total, self.desc, self.done, self.tenths = total, desc, 0, 0
         self.start = time.perf_counter()
+        self.first: tuple[float, int] | None = None  # (time, images) when the first chunk ended
 
     def update(self, n: int) -> None:
         self.bar.update(n)
         self.done += n
-        if self.done == n and self.done < self.total:  # after the first chunk: the cost ahead
-            whole = (time.perf_counter() - self.start) * self.total / self.done
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = (now, self.done)
+        elif self.first[1] == self.done - n and self.done < self.total:
+            # after the second chunk, the cost ahead at its pace: the first carries the warm-up
+            pace = (now - self.first[0]) / n
+            whole = now - self.start + pace * (self.total - self.done)
             if whole > SAY_COST_S:
                 print(
                     f"{self.desc}: about {whole / 60:.1f} min for {self.total} images at this "
@@ -147,7 +153,7 @@ class _Progress:
                 )
         if self.lines and self.done * 10 // self.total > self.tenths:
             self.tenths = self.done * 10 // self.total
-            spent = time.perf_counter() - self.start
+            spent = now - self.start
             left = spent * (self.total - self.done) / self.done
             print(
                 f"{self.desc}: {self.done} of {self.total} images, {spent / 60:.1f} min, "
