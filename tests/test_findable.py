@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing import io_wrapper
 
 from vae_pyro import runs
 from vae_pyro.errors import VaePyroError
@@ -45,8 +46,15 @@ def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _runs(folder: Path) -> list[Path]:
-    """The <date>/<time> dirs in outputs/ or multirun/ (not through `latest`)."""
-    return [run for day in folder.iterdir() if not day.is_symlink() for run in day.iterdir()]
+    """The <date>/<time> dirs in outputs/ or multirun/ (not `latest`)."""
+    return [run for day in folder.iterdir() if day.is_dir() for run in day.iterdir()]
+
+
+def _latest(folder: Path) -> Path:
+    """The run folder/latest names: one line, its path relative to folder."""
+    [line] = (folder / "latest").read_text().splitlines()
+    assert not Path(line).is_absolute()  # the folder can move
+    return (folder / line).resolve()
 
 
 def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -69,24 +77,29 @@ def test_latest_points_at_the_run_named_after_its_experiment(finished):
     assert re.fullmatch(
         r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d_z50", str(run.relative_to(cwd / "outputs"))
     )
-    latest = cwd / "outputs" / "latest"
-    assert latest.is_symlink() and not Path(os.readlink(latest)).is_absolute()  # movable
-    assert latest.resolve() == run.resolve()
-    assert (latest / "checkpoint.pt").is_file()
+    assert _latest(cwd / "outputs") == run.resolve()
     assert f"artifacts in {run}" in proc.stdout
+
+
+@pytest.mark.slow
+def test_tensorboard_over_outputs_lists_each_run_once(finished):
+    cwd, _ = finished
+    [run] = _runs(cwd / "outputs")
+    found = io_wrapper.GetLogdirSubdirectories(str(cwd / "outputs"))
+    assert [Path(d).resolve() for d in found] == [run.resolve() / "tensorboard"]
 
 
 @pytest.mark.slow
 def test_logs_that_are_not_a_terminal_hold_no_colour_codes(finished):
     cwd, proc = finished
-    log = (cwd / "outputs" / "latest" / "train.log").read_text()
+    log = (_latest(cwd / "outputs") / "train.log").read_text()
     assert "\x1b" not in proc.stdout + proc.stderr + log
 
 
 @pytest.mark.slow
 def test_run_dir_latest_works_in_sample_and_evaluate(finished):
     cwd, _ = finished
-    real = (cwd / "outputs" / "latest").resolve()
+    real = _latest(cwd / "outputs")
     sampled = _ok(_cli(cwd, "vae_pyro.sample", "run_dir=latest", "device=cpu"))
     printed = [Path(line) for line in sampled.stdout.split()]
     assert printed and all(p.parent == real / "samples" and p.is_file() for p in printed)
@@ -126,10 +139,9 @@ def test_runs_started_in_the_same_second_get_their_own_dirs(tmp_path):
     for run in (first, second):
         assert (run / "checkpoint.pt").is_file() and (run / "metrics.jsonl").is_file()
         assert len((run / "metrics.jsonl").read_text().splitlines()) == 1  # one run in each
-    latest = tmp_path / "outputs" / "latest"
-    assert latest.resolve() in (first, second)
+    assert _latest(tmp_path / "outputs") in (first.resolve(), second.resolve())
     _ok(_cli(tmp_path, "vae_pyro.train", *TINY, SAME_SECOND))
-    assert latest.resolve() == tmp_path / "outputs" / f"same_{year}-3"
+    assert _latest(tmp_path / "outputs") == (tmp_path / "outputs" / f"same_{year}-3").resolve()
 
 
 @pytest.mark.slow
@@ -140,7 +152,7 @@ def test_a_sweep_ends_naming_its_dir_and_the_report_and_multirun_latest(tmp_path
     assert proc.stdout.splitlines()[-1] == (
         f"sweep of 2 jobs in {where}; its summary: python -m vae_pyro.report sweep_dir={where}"
     )
-    assert (tmp_path / "multirun" / "latest").resolve() == sweep.resolve()
+    assert _latest(tmp_path / "multirun") == sweep.resolve()
     assert not (tmp_path / "outputs").exists()  # a sweep's jobs do not move outputs/latest
 
 
@@ -189,21 +201,17 @@ def test_latest_moves_only_for_runs_inside_its_folder(tmp_path):
     assert runs.mark_latest(tmp_path / "elsewhere", outputs) is None
     assert not (outputs / "latest").exists()
     assert runs.mark_latest(outputs / "d" / "t1", outputs) == outputs / "latest"
-    assert os.readlink(outputs / "latest") == os.path.join("d", "t1")
+    assert (outputs / "latest").read_text() == os.path.join("d", "t1") + "\n"
     (outputs / "latest2").mkdir()
     assert runs.mark_latest(outputs / "latest2", outputs) == outputs / "latest"  # replaced
     assert [p.name for p in outputs.iterdir() if p.name.startswith(".")] == []  # no temp left
 
 
-def test_without_symlinks_latest_is_a_text_file_that_run_dir_latest_reads(tmp_path, monkeypatch):
+def test_run_dir_latest_reads_the_file_and_an_older_symlink(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "outputs" / "d" / "t1"
     run.mkdir(parents=True)
-
-    def no_symlinks(*args, **kwargs):
-        raise OSError("symbolic links are not supported here")
-
-    monkeypatch.setattr(os, "symlink", no_symlinks)
+    os.symlink(os.path.join("d", "t0"), tmp_path / "outputs" / "latest")  # an older vae-pyro's
     latest = runs.mark_latest(run, "outputs")
     assert latest.is_file() and latest.read_text() == os.path.join("d", "t1") + "\n"
     assert runs.resolve_run_dir("latest") == str(run.resolve())
@@ -244,5 +252,5 @@ def test_two_fits_in_a_row_get_two_dirs_and_latest_names_the_second(tmp_path, mo
     first, second = (vae_pyro.fit("+experiment=z50", *TINY) for _ in range(2))
     assert first.run_dir != second.run_dir  # within one second too (<name>-2)
     assert re.fullmatch(r"\d\d-\d\d-\d\d_z50(-2)?", second.run_dir.name), second.run_dir
-    assert (tmp_path / "outputs" / "latest").resolve() == second.run_dir.resolve()
+    assert _latest(tmp_path / "outputs") == second.run_dir.resolve()
     assert vae_pyro.load("outputs/latest").epoch == 1

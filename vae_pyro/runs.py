@@ -4,9 +4,9 @@
 A training run started without hydra.run.dir goes to outputs/<date>/<time>[_<experiment>] (the
 `vae_pyro.suffix` resolver in conf/train.yaml adds the experiment); one whose time-stamped name
 is taken, by a run started in the same second, gets the next free one (<name>-2, -3, ...). When a
-run ends, `outputs/latest` names it, and `multirun/latest` the newest sweep: a relative symlink
-made under a temp name and renamed over the old one (atomic), or, where the file system has no
-symlinks, a small text file holding the relative path, which `resolve_run_dir` reads the same.
+run ends, `outputs/latest` names it, and `multirun/latest` the newest sweep: a one-line text file
+holding the path relative to its folder (`cat outputs/latest`), replaced atomically, which
+`resolve_run_dir` reads (a symlink would be followed by `tensorboard --logdir outputs`).
 Only a run inside <cwd>/outputs (a sweep inside <cwd>/multirun) moves them: a run dir chosen
 elsewhere leaves them alone. A run's record (.hydra/, train.log) is written by the run itself
 once it is accepted (`recording`). Imports nothing heavy (no torch).
@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -117,36 +116,25 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def mark_latest(target: str | os.PathLike, root: str | os.PathLike = RUNS) -> Path | None:
-    """Point root/latest at target, a run (or sweep) dir inside root; returns the link, or None
-    where target is elsewhere or it cannot be made (a warning: the run itself is fine)."""
+    """Name target, a run (or sweep) dir inside root, in root/latest: a one-line text file
+    holding its path relative to root (replaced atomically), not a symlink, which `tensorboard
+    --logdir outputs` would follow and list the run twice. Returns the file, or None where
+    target is elsewhere or the file cannot be written (a warning: the run itself is fine)."""
     root, target = Path(root).absolute(), Path(target).absolute()
-    link = root / LATEST
+    latest = root / LATEST
     real_root, real_target = root.resolve(), target.resolve()
-    if not _inside(real_target, real_root) or real_target == link.resolve():
+    if not _inside(real_target, real_root) or real_target == latest.resolve():
         return None  # elsewhere, or the run dir is itself named outputs/latest
-    if link.is_dir() and not link.is_symlink():
-        log.warning("%s is a directory, not a link: left as it is", link)
+    if latest.is_dir() and not latest.is_symlink():
+        log.warning("%s is a directory, not the newest run's name: left as it is", latest)
         return None
     relative = os.path.relpath(real_target, real_root)
     try:
-        _replace_with_symlink(link, relative)
-    except OSError:
-        try:  # no symlinks here (some Windows or network file systems): the path as text
-            files.atomic_write(link, lambda f: f.write(f"{relative}\n".encode()))
-        except OSError as err:
-            log.warning("could not point %s at %s: %s", link, target, err)
-            return None
-    return link
-
-
-def _replace_with_symlink(link: Path, relative: str) -> None:
-    tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}.tmp")
-    os.symlink(relative, tmp, target_is_directory=True)
-    try:
-        os.replace(tmp, link)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        files.atomic_write(latest, lambda f: f.write(f"{relative}\n".encode()))
+    except OSError as err:
+        log.warning("could not name %s in %s: %s", target, latest, err)
+        return None
+    return latest
 
 
 def follow_latest(path: Path) -> Path:
