@@ -3,6 +3,7 @@ global batch, rank 0's files, SIGTERM and resume, another number of processes.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyro
@@ -248,12 +250,10 @@ def _record(epoch: int) -> dict:
     return {"epoch": epoch, "train_loss": 100.0 - epoch, "test_loss": None, "seconds": 1.0}
 
 
-def test_rank_1_writes_and_says_nothing_but_waits_for_rank_0(tmp_path, monkeypatch, caplog):
-    barriers = []
-    monkeypatch.setattr(dist, "barrier", lambda: barriers.append(True))
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
-    group, run_dir = distributed.Group(1, 2, 1), tmp_path / "run"
+@contextlib.contextmanager
+def _writing(run_dir, group: distributed.Group, caplog) -> Iterator[loggers.RankZero]:
+    """What a rank writes in one epoch: a recorder open on run_dir after epoch 1 records
+    epoch 2, with a rank-0 logger (returned) that caplog hears."""
     log = loggers.RankZero(logging.getLogger("vae_pyro.test_writer"))
     recorder = loggers.Recorder(run_dir, group.main)
     with (
@@ -261,6 +261,16 @@ def test_rank_1_writes_and_says_nothing_but_waits_for_rank_0(tmp_path, monkeypat
         recorder.open([_record(1)], 2),
     ):
         recorder.record(_record(2), ("train_loss", "test_loss"), 2)
+        yield log
+
+
+def test_rank_1_writes_and_says_nothing_but_waits_for_rank_0(tmp_path, monkeypatch, caplog):
+    barriers = []
+    monkeypatch.setattr(dist, "barrier", lambda: barriers.append(True))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    group, run_dir = distributed.Group(1, 2, 1), tmp_path / "run"
+    with _writing(run_dir, group, caplog) as log:
         group.save(lambda: run_dir.mkdir())
         log.info("said")
         log.warning("warned")
@@ -271,13 +281,7 @@ def test_rank_1_writes_and_says_nothing_but_waits_for_rank_0(tmp_path, monkeypat
 
 def test_rank_0_writes_and_says_everything(tmp_path, caplog):
     run_dir, group = tmp_path / "run", distributed.SINGLE
-    log = loggers.RankZero(logging.getLogger("vae_pyro.test_writer"))
-    recorder = loggers.Recorder(run_dir, group.main)
-    with (
-        caplog.at_level(logging.INFO, logger="vae_pyro.test_writer"),
-        recorder.open([_record(1)], 2),
-    ):
-        recorder.record(_record(2), ("train_loss", "test_loss"), 2)
+    with _writing(run_dir, group, caplog) as log:
         group.save(lambda: (run_dir / "checkpoint.pt").write_text("saved"))
         log.info("said")
         assert group.only(lambda: "ran") == "ran"
