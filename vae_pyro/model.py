@@ -17,7 +17,14 @@ from pyro.infer import ELBO, JitTrace_ELBO, RenyiELBO, Trace_ELBO, TraceMeanFiel
 from torch import nn
 
 from vae_pyro.errors import VaePyroError
-from vae_pyro.networks import ACTIVATIONS, ARCHS, INITS, SCALE_PARAMS, LowerLayer, PixelDecoder
+from vae_pyro.networks import (
+    ACTIVATIONS,
+    ARCHS,
+    INITS,
+    SCALE_PARAMS,
+    ConditionalGaussian,
+    PixelDecoder,
+)
 from vae_pyro.posteriors import POSTERIORS, PosteriorConfig
 from vae_pyro.priors import PRIORS, PriorConfig
 from vae_pyro.schema import POSITIVE, Choice, Rule, Section, int_at_least, key, to_object
@@ -62,6 +69,92 @@ LIKELIHOODS: dict[str, PixelModel] = {
 DECODER_READS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "z1": lambda top, lower: lower,  # p(x | z1): the hierarchy of Burda et al.
     "z1z2": lambda top, lower: torch.cat([lower, top], -1),  # p(x | z1, z2): Tomczak & Welling
+}
+
+
+class OneLayer(nn.Module):
+    """One stochastic layer: the decoder reads z, the "latent" site's value; no weights."""
+
+    def register(self, side: str) -> None:
+        """Nothing of its own to register with Pyro in the model or the guide."""
+
+    def model(self, z: torch.Tensor) -> torch.Tensor:
+        """Sample the sites below z in the model; return what the decoder reads."""
+        return z
+
+    def guide(self, hidden: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Sample the sites below z in the guide; return what the decoder reads."""
+        return z
+
+    def mean(self, z: torch.Tensor) -> torch.Tensor:
+        """What the decoder reads at z, through the prior's means below it."""
+        return z
+
+    def prior_draw(self, z: torch.Tensor) -> torch.Tensor:
+        """What the decoder reads at z, through draws of the prior below it."""
+        return z
+
+    def weigh(self, hidden: torch.Tensor, z: torch.Tensor, given: Mapping, sites: dict) -> Any:
+        """(what the decoder reads, log p - log q of the sites below z): drawn from the guide,
+        or taken from `given`, and put into `sites`."""
+        return z, 0.0
+
+    def code(self, hidden: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The point of q below z: q's mean of z1."""
+        raise ValueError("one stochastic layer has no layer below z")
+
+
+class TwoLayers(OneLayer):
+    """Two stochastic layers (the HVAE of Tomczak & Welling 2018, sec. 3.2): z2 at "latent",
+    z1 at "lower" below it, with `prior` p(z1 | z2) and `posterior` q(z1 | x, z2), diagonal
+    Normals from the encoder's hidden state h(x) and z2; the decoder reads
+    DECODER_READS[decoder_reads](z2, z1). Every z2 may carry leading particle dims."""
+
+    def __init__(self, cfg: "ModelConfig") -> None:
+        super().__init__()
+        top, lower, width = cfg.z_dim, cfg.decoder_z_dim, cfg.hidden_dim
+        layers = (cfg.scale_param, cfg.hidden_layers, cfg.activation, cfg.scale_bounds)
+        self.prior = ConditionalGaussian(top, lower, width, *layers)
+        self.posterior = ConditionalGaussian(width + top, lower, width, *layers)
+        self.reads = DECODER_READS[cfg.decoder_reads]
+
+    def register(self, side: str) -> None:
+        net = self.prior if side == "model" else self.posterior
+        pyro.module(f"lower_{'prior' if side == 'model' else 'posterior'}", net)
+
+    def p(self, z2: torch.Tensor) -> dist.Distribution:
+        return dist.Normal(*self.prior(z2)).to_event(1)
+
+    def q(self, hidden: torch.Tensor, z2: torch.Tensor) -> dist.Distribution:
+        hidden = hidden.expand(*z2.shape[:-1], hidden.shape[-1])
+        return dist.Normal(*self.posterior(torch.cat([hidden, z2], -1))).to_event(1)
+
+    def model(self, z: torch.Tensor) -> torch.Tensor:
+        return self.reads(z, pyro.sample("lower", self.p(z)))
+
+    def guide(self, hidden: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.reads(z, pyro.sample("lower", self.q(hidden, z)))
+
+    def mean(self, z: torch.Tensor) -> torch.Tensor:
+        return self.reads(z, self.prior(z)[0])
+
+    def prior_draw(self, z: torch.Tensor) -> torch.Tensor:
+        return self.reads(z, self.p(z).sample())
+
+    def weigh(self, hidden: torch.Tensor, z: torch.Tensor, given: Mapping, sites: dict) -> Any:
+        p, q = self.p(z), self.q(hidden, z)
+        z1 = given["lower"] if "lower" in given else q.sample()
+        sites["lower"] = z1
+        return self.reads(z, z1), p.log_prob(z1) - q.log_prob(z1)
+
+    def code(self, hidden: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.posterior(torch.cat([hidden, z], -1))[0]
+
+
+# model.latent_layers -> the stochastic layers below the top one ("latent").
+HIERARCHIES: dict[int, Callable[["ModelConfig"], OneLayer]] = {
+    1: lambda cfg: OneLayer(),
+    2: TwoLayers,
 }
 
 
@@ -248,9 +341,7 @@ class VAE(nn.Module):
             posterior, self.z_dim, self.cfg.hidden_dim
         )
         self.layers = self.cfg.latent_layers
-        # p(z1 | z2) and q(z1 | x, z2) of two layers; an empty module for one (no weights).
-        self.lower = LowerLayer(self.cfg) if self.layers == 2 else nn.Module()
-        self.reads = DECODER_READS[self.cfg.decoder_reads]  # (z2, z1) -> the decoder's input
+        self.lower = HIERARCHIES[self.layers](self.cfg)  # the layers below "latent"
         for net in (self.encoder, self.decoder, self.lower):
             INITS[self.cfg.init](net)
 
@@ -266,21 +357,11 @@ class VAE(nn.Module):
         """q(z | x) (of the top layer, q(z2 | x), with two)."""
         return self.posterior_net(*self._encode(x))
 
-    def lower_prior(self, z2: torch.Tensor) -> dist.Distribution:
-        """p(z1 | z2); z2 may carry leading particle dims."""
-        return dist.Normal(*self.lower.prior(z2)).to_event(1)
-
-    def lower_posterior(self, hidden: torch.Tensor, z2: torch.Tensor) -> dist.Distribution:
-        """q(z1 | x, z2) from the encoder's hidden state h(x) (batch, hidden) and z2 (..., batch,
-        z_dim)."""
-        hidden = hidden.expand(*z2.shape[:-1], hidden.shape[-1])
-        return dist.Normal(*self.lower.posterior(torch.cat([hidden, z2], -1))).to_event(1)
-
     def descend(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder's input at a point z of the top layer: the mean of p(z1 | z2) with two
         layers (beside z where the decoder reads both), z itself with one (what interpolations,
         grids and given codes decode)."""
-        return z if self.layers == 1 else self.reads(z, self.lower.prior(z)[0])
+        return self.lower.mean(z)
 
     def code(self, x: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         """One deterministic point of q per image: of the top layer (its mean for the diagonal
@@ -289,7 +370,7 @@ class VAE(nn.Module):
         z = self.posterior_net.code(loc, scale, hidden)
         if layer is None or layer == self.layers:
             return z
-        return self.lower.posterior(torch.cat([hidden, z], -1))[0]
+        return self.lower.code(hidden, z)
 
     @torch.no_grad()
     def posterior_sample(self, x: torch.Tensor, num: int) -> torch.Tensor:
@@ -297,7 +378,8 @@ class VAE(nn.Module):
         (num, batch, decoder input dims)."""
         loc, scale, hidden = self._encode(x)
         z = self.posterior_net(loc, scale, hidden).sample((num,))
-        return z if self.layers == 1 else self.reads(z, self.lower_posterior(hidden, z).sample())
+        with poutine.block():
+            return self.lower.guide(hidden, z)
 
     def importance(self, x: torch.Tensor) -> Callable[..., tuple[dict[str, torch.Tensor], Any]]:
         """For images x (b, C, H, W), with the encoder's pass made once: a function
@@ -316,13 +398,8 @@ class VAE(nn.Module):
             z = given["latent"] if "latent" in given else q_top.sample((k,))
             log_w = p_top.log_prob(z) - q_top.log_prob(z)  # the flow's cached draw first
             sites = {"latent": z}
-            if self.layers == 2:
-                p_lower, q_lower = self.lower_prior(z), self.lower_posterior(hidden, z)
-                z1 = given["lower"] if "lower" in given else q_lower.sample()
-                log_w = log_w + p_lower.log_prob(z1) - q_lower.log_prob(z1)
-                sites["lower"] = z1
-                z = self.reads(z, z1)
-            return sites, log_w + self.log_likelihood(z, flat)
+            reads, log_w_below = self.lower.weigh(hidden, z, given, sites)
+            return sites, log_w + log_w_below + self.log_likelihood(reads, flat)
 
         return weigh
 
@@ -355,14 +432,11 @@ class VAE(nn.Module):
             pyro.module("prior", self.prior_net)
         if self.prior_net.uses_encoder:
             pyro.module("encoder", self.encoder)
-        if self.layers == 2:
-            pyro.module("lower_prior", self.lower.prior)
+        self.lower.register("model")
         batch = x.shape[0]
         with pyro.plate("data", batch):
             with _kl_weighted(kl_scale):
-                z = pyro.sample("latent", self.prior(batch, x))
-                if self.layers == 2:
-                    z = self.reads(z, pyro.sample("lower", self.lower_prior(z)))
+                z = self.lower.model(pyro.sample("latent", self.prior(batch, x)))
             pyro.sample("obs", self.likelihood(z), obs=x.reshape(batch, -1))
 
     def guide(self, x: torch.Tensor, kl_scale: float = 1.0) -> None:
@@ -373,15 +447,10 @@ class VAE(nn.Module):
         pyro.module("encoder", self.encoder)
         if _learns(self.posterior_net):
             pyro.module("posterior", self.posterior_net)
-        if self.layers == 2:
-            pyro.module("lower_posterior", self.lower.posterior)
+        self.lower.register("guide")
         with pyro.plate("data", x.shape[0]), _kl_weighted(kl_scale):
-            if self.layers == 1:
-                pyro.sample("latent", self.posterior(x))
-                return
             loc, scale, hidden = self._encode(x)
-            z = pyro.sample("latent", self.posterior_net(loc, scale, hidden))
-            pyro.sample("lower", self.lower_posterior(hidden, z))
+            self.lower.guide(hidden, pyro.sample("latent", self.posterior_net(loc, scale, hidden)))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -402,9 +471,7 @@ class VAE(nn.Module):
         images; with draws=True also one draw of p(x | z) at each z, (means, draws). The
         likelihood's own mean: the decoder's sigmoid for Bernoulli and Gaussian pixels, not for
         the continuous Bernoulli."""
-        z = self.prior(n, next(self.parameters())).sample()
-        if self.layers == 2:
-            z = self.reads(z, self.lower_prior(z).sample())
+        z = self.lower.prior_draw(self.prior(n, next(self.parameters())).sample())
         likelihood = self.likelihood(z)
         means = likelihood.mean.reshape(n, *self.image_shape)
         return (means, likelihood.sample().reshape(n, *self.image_shape)) if draws else means

@@ -210,18 +210,6 @@ class Decoder(PixelDecoder):
         return x_dot_logits + flat @ self.fc21.bias - F.softplus(self.fc21(hidden)).sum(-1)
 
 
-class LowerLayer(nn.Module):
-    """The lower stochastic layer z1 of a two-layer VAE: `prior`, p(z1 | z2), and `posterior`,
-    q(z1 | x, z2) (the HVAE factorisation of Tomczak & Welling 2018, sec. 3.2)."""
-
-    def __init__(self, cfg: Any) -> None:  # model.ModelConfig (read, not imported)
-        super().__init__()
-        top, lower, width = cfg.z_dim, cfg.decoder_z_dim, cfg.hidden_dim
-        layers = (cfg.scale_param, cfg.hidden_layers, cfg.activation, cfg.scale_bounds)
-        self.prior = ConditionalGaussian(top, lower, width, *layers)
-        self.posterior = ConditionalGaussian(width + top, lower, width, *layers)
-
-
 def conv_feature_sizes(height: int, width: int, n: int) -> list[tuple[int, int]]:
     """(H, W) of the input and after each of n stride-2 convolutions (kernel 4, padding 1),
     each floor(size / 2); odd sizes lose nothing (the padded kernel still covers every pixel)
