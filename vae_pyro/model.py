@@ -194,7 +194,7 @@ class ModelConfig(Section):
     latent_layers: int = key(
         1,
         "stochastic layers: 1, or 2 (z2 ~ p(z2), z1 ~ p(z1|z2), x ~ p(x|z1); z2 has z_dim)",
-        Rule(lambda v: v in (1, 2), "1 or 2"),
+        Rule(lambda v: v in HIERARCHIES, " or ".join(map(str, HIERARCHIES))),
     )
     lower_z_dim: int | None = key(
         None,
