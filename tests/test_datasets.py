@@ -181,7 +181,7 @@ def test_image_folder_layout_errors(tmp_path):
         load_data("image_folder", path=tmp_path)
     (root / "test" / "cow").rename(root / "test" / "cat")
     (root / "test" / "cat" / "0.png").write_bytes(b"not a png")
-    with pytest.raises(VaePyroError, match="cannot read image .*0.png"):
+    with pytest.raises(VaePyroError, match="cannot read .*0.png as an image"):
         load_data("image_folder", path=root, image_size=4)
 
 

@@ -236,7 +236,6 @@ def read_image(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
     """An image file as (C, H, W) in [0, 1], read as data=image_folder reads it
     (images.read_image: 16-bit, float, palette, alpha, CMYK by their own meaning), converted to
     the run's channels and size (the shorter side resized, then the centre crop)."""
-    from PIL import Image
 
     from vae_pyro import images
 
@@ -244,13 +243,9 @@ def read_image(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
     if c not in (1, 3):
         raise VaePyroError(f"images: this run's images have {c} channels; only 1 or 3 convert")
     try:
-        x = images.read_image(path)
+        x = images.read_image(path, "images")
     except FileNotFoundError:
         raise VaePyroError(f"images: no such file {path}") from None
-    # UnidentifiedImageError and truncated data are OSErrors; a damaged chunk is a SyntaxError
-    # or ValueError; too many pixels a DecompressionBombError
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise VaePyroError(f"images: cannot read {path} as an image ({err})") from None
     return images.fit(images.with_channels(x, c), h, w)
 
 

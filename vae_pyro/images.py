@@ -34,15 +34,24 @@ _EIGHT_BIT = {"L", "LA", "RGB", "RGBA"}
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
 
 
-def read_image(path: str | Path) -> torch.Tensor:
+def read_image(path: str | Path, key: str = "") -> torch.Tensor:
     """An image file as a float tensor (C, H, W) in [0, 1], C = 1 or 3 (see the module's
-    docstring). PIL's errors (a missing file, undecodable data) pass through to the caller,
-    which says which input it was."""
+    docstring). Data that does not decode is a VaePyroError naming the file (after `key: `, the
+    option that named it); the machine's errors, which carry an errno (a missing file, the limit
+    on open files), pass through as OSErrors for the shell to say."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        img.load()
-        return torch.from_numpy(np.ascontiguousarray(_scaled(_plain(img), Path(path))))
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return torch.from_numpy(np.ascontiguousarray(_scaled(_plain(img), Path(path))))
+    # PIL's errors: UnidentifiedImageError and truncated data (OSErrors with no errno), a
+    # damaged chunk (SyntaxError, ValueError), too many pixels (DecompressionBombError)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        if isinstance(err, OSError) and err.errno is not None:
+            raise
+        said = f"{key}: " if key else ""
+        raise VaePyroError(f"{said}cannot read {path} as an image ({err})") from None
 
 
 def _plain(img: Image.Image) -> Image.Image:
