@@ -360,7 +360,6 @@ def _image_folder_splits(path: Path, image_size: int | None) -> Splits:
     channel is kept. Labels are train's class indices (a test class without training images is
     an error).
     """
-
     train, test = (_folder_split(path / split, image_size) for split in ("train", "test"))
     unknown = sorted(set(test.classes) - set(train.classes))
     if unknown:

@@ -236,7 +236,6 @@ def read_image(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
     """An image file as (C, H, W) in [0, 1], read as data=image_folder reads it
     (images.read_image: 16-bit, float, palette, alpha, CMYK by their own meaning), converted to
     the run's channels and size (the shorter side resized, then the centre crop)."""
-
     from vae_pyro import images
 
     c, h, w = shape

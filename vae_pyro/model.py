@@ -76,7 +76,8 @@ class OneLayer(nn.Module):
     """One stochastic layer: the decoder reads z, the "latent" site's value; no weights."""
 
     def register(self, side: str) -> None:
-        """Nothing of its own to register with Pyro in the model or the guide."""
+        """Register its networks of `side` ("prior": the model's, "posterior": the guide's)
+        with Pyro: none here."""
 
     def model(self, z: torch.Tensor) -> torch.Tensor:
         """Sample the sites below z in the model; return what the decoder reads."""
@@ -119,8 +120,7 @@ class TwoLayers(OneLayer):
         self.reads = DECODER_READS[cfg.decoder_reads]
 
     def register(self, side: str) -> None:
-        net = self.prior if side == "model" else self.posterior
-        pyro.module(f"lower_{'prior' if side == 'model' else 'posterior'}", net)
+        pyro.module(f"lower_{side}", getattr(self, side))
 
     def p(self, z2: torch.Tensor) -> dist.Distribution:
         return dist.Normal(*self.prior(z2)).to_event(1)
@@ -432,7 +432,7 @@ class VAE(nn.Module):
             pyro.module("prior", self.prior_net)
         if self.prior_net.uses_encoder:
             pyro.module("encoder", self.encoder)
-        self.lower.register("model")
+        self.lower.register("prior")
         batch = x.shape[0]
         with pyro.plate("data", batch):
             with _kl_weighted(kl_scale):
@@ -447,7 +447,7 @@ class VAE(nn.Module):
         pyro.module("encoder", self.encoder)
         if _learns(self.posterior_net):
             pyro.module("posterior", self.posterior_net)
-        self.lower.register("guide")
+        self.lower.register("posterior")
         with pyro.plate("data", x.shape[0]), _kl_weighted(kl_scale):
             loc, scale, hidden = self._encode(x)
             self.lower.guide(hidden, pyro.sample("latent", self.posterior_net(loc, scale, hidden)))
