@@ -6,8 +6,13 @@ import errno
 import json
 import logging
 import os
+import socket
+import subprocess
 import sys
 import threading
+import time
+import urllib.parse
+import urllib.request
 
 import pytest
 import torch
@@ -88,6 +93,49 @@ def test_mlflow_gets_params_metrics_per_epoch_and_artifacts(mlflow_run):
     assert (
         store / "mlruns" / "vae-pyro" / run.info.run_id / "artifacts" / "metrics.jsonl"
     ).is_file()
+
+
+@pytest.mark.slow
+def test_the_readmes_mlflow_ui_shows_the_run_from_the_same_install(mlflow_run):
+    """README's `mlflow ui --backend-store-uri sqlite:///mlflow.db` over the store a run wrote:
+    the UI's server (the same install as the logging: no "out-of-date database schema") lists
+    the run with its metrics."""
+    store, run_dir, _ = mlflow_run
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", "sqlite:///mlflow.db"]
+        + ["--host", "127.0.0.1", "--port", str(port)],
+        cwd=store,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert ui.poll() is None, ui.communicate()[1][-3000:]
+            try:
+                query = urllib.parse.urlencode({"experiment_name": "vae-pyro"})
+                with urllib.request.urlopen(f"{url}/experiments/get-by-name?{query}") as r:
+                    experiment = json.load(r)["experiment"]
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the UI never answered"
+                time.sleep(0.5)
+        body = json.dumps({"experiment_ids": [experiment["experiment_id"]]}).encode()
+        request = urllib.request.Request(
+            f"{url}/runs/search", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request) as r:
+            (run,) = json.load(r)["runs"]
+    finally:
+        ui.terminate()
+        ui.wait(timeout=60)
+    assert run["info"]["run_id"] == json.loads((run_dir / "mlflow.json").read_text())["run_id"]
+    assert {m["key"] for m in run["data"]["metrics"]} >= {"train_loss", "test_loss"}
 
 
 def test_tensorboard_gets_images_and_hparams_in_the_run_dir(mlflow_run):
