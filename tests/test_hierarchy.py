@@ -66,7 +66,8 @@ TW18 = {
     "scale_bounds": [-6, 2],
     "decoder_reads": "z1z2",
 }
-NETWORKS = pytest.mark.parametrize("keys", [{}, TW18], ids=["default", "tw18"])
+PATHS = {**TW18, "merge": "paths"}  # and a first layer per input, q(z1 | x, z2) reading x
+NETWORKS = pytest.mark.parametrize("keys", [{}, TW18, PATHS], ids=["default", "tw18", "tw18-paths"])
 
 
 def test_the_decoder_reads_z1_and_z2_side_by_side():
@@ -82,6 +83,24 @@ def test_the_decoder_reads_z1_and_z2_side_by_side():
     for tr in (guide_tr, model_tr):
         assert tr.nodes["latent"]["value"].shape == (4, 3)
         assert tr.nodes["lower"]["value"].shape == (4, 5)
+
+
+def test_merge_paths_gives_each_input_a_first_layer_and_q_reads_the_image():
+    vae = two_layers(**PATHS)
+    fc1 = vae.decoder.fc1
+    assert (fc1.a.in_features, fc1.b.in_features) == (5, 3)  # z1, z2
+    assert vae.decoder.fc21.in_features == 2 * 16  # one hidden layer: the paths side by side
+    deeper = two_layers(**PATHS, hidden_layers=2).decoder
+    assert (deeper.deeper[0].in_features, deeper.fc21.in_features) == (2 * 16, 16)  # joined
+    q = vae.lower.posterior.fc1
+    assert (q.a.in_features, q.b.in_features) == (784, 3)  # x itself, z2
+    x = torch.rand(4, 1, 28, 28).bernoulli()
+    z2, hidden = torch.randn(4, 3), vae.encoder.features(x)
+    flat = x.reshape(4, -1)
+    moved = vae.lower.q(1 - flat, hidden, z2).base_dist.loc  # other pixels, the same h(x)
+    assert not torch.allclose(vae.lower.q(flat, hidden, z2).base_dist.loc, moved)
+    with pytest.raises(VaePyroError, match="model.merge=paths is how the networks of two"):
+        ModelConfig(merge="paths")
 
 
 @NETWORKS
@@ -181,15 +200,20 @@ TW18_KEYS = [f"model.{k}={v}".replace(" ", "") for k, v in TW18.items()]
         ["elbo=trace"],
         ["elbo=iwae", "model/prior=vamp", "model.prior.components=5"],
         ["model/prior=vamp", "model.prior.components=5", *TW18_KEYS],
+        ["model/prior=vamp", "model.prior.components=5", *TW18_KEYS, "model.merge=paths"],
     ],
-    ids=["trace", "iwae-vamp", "vamp-tw18"],
+    ids=["trace", "iwae-vamp", "vamp-tw18", "vamp-tw18-paths"],
 )
 def test_two_layers_train_and_resume_bit_identically(variant, resumed_run):
     weights, straight = resumed_run(*TINY, *variant)
     assert {"lower.prior.fc21.weight", "lower.posterior.fc22.bias"} <= weights.keys()
     vae, _ = checkpoint.load_vae(straight)
     reads = 4 + 3 if "model.decoder_reads=z1z2" in variant else 4
-    assert vae.layers == 2 and vae.decoder.fc1.in_features == reads
+    first = vae.decoder.fc1
+    assert vae.layers == 2
+    assert (
+        first.a.in_features + first.b.in_features if "paths" in str(variant) else first.in_features
+    ) == reads
 
 
 @pytest.mark.slow

@@ -71,6 +71,11 @@ DECODER_READS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] =
     "z1z2": lambda top, lower: torch.cat([lower, top], -1),  # p(x | z1, z2): Tomczak & Welling
 }
 
+# model.merge -> how a network of two stochastic layers reads two inputs (the decoder that
+# reads z1 and z2; q(z1 | x, z2)): side by side into one first layer, or with a first layer each
+# (networks.Paths), Tomczak & Welling's; then q(z1 | x, z2) reads x itself, not h(x).
+MERGES = ("concat", "paths")
+
 
 class OneLayer(nn.Module):
     """One stochastic layer: the decoder reads z, the "latent" site's value; no weights."""
@@ -83,8 +88,9 @@ class OneLayer(nn.Module):
         """Sample the sites below z in the model; return what the decoder reads."""
         return z
 
-    def guide(self, hidden: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Sample the sites below z in the guide; return what the decoder reads."""
+    def guide(self, flat: torch.Tensor, hidden: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Sample the sites below z in the guide, given the images (batch, pixels) and their
+        hidden state h(x); return what the decoder reads."""
         return z
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
@@ -95,12 +101,14 @@ class OneLayer(nn.Module):
         """What the decoder reads at z, through draws of the prior below it."""
         return z
 
-    def weigh(self, hidden: torch.Tensor, z: torch.Tensor, given: Mapping, sites: dict) -> Any:
+    def weigh(
+        self, flat: torch.Tensor, hidden: torch.Tensor, z: torch.Tensor, given: Mapping, sites: dict
+    ) -> Any:
         """(what the decoder reads, log p - log q of the sites below z): drawn from the guide,
         or taken from `given`, and put into `sites`."""
         return z, 0.0
 
-    def code(self, hidden: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def code(self, flat: torch.Tensor, hidden: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The point of q below z: q's mean of z1."""
         raise ValueError("one stochastic layer has no layer below z")
 
@@ -108,15 +116,19 @@ class OneLayer(nn.Module):
 class TwoLayers(OneLayer):
     """Two stochastic layers (the HVAE of Tomczak & Welling 2018, sec. 3.2): z2 at "latent",
     z1 at "lower" below it, with `prior` p(z1 | z2) and `posterior` q(z1 | x, z2), diagonal
-    Normals from the encoder's hidden state h(x) and z2; the decoder reads
-    DECODER_READS[decoder_reads](z2, z1). Every z2 may carry leading particle dims."""
+    Normals: q reads the encoder's hidden state h(x) beside z2, or with merge=paths the image
+    itself and z2, a first layer each; the decoder reads DECODER_READS[decoder_reads](z2, z1).
+    Every z2 may carry leading particle dims."""
 
-    def __init__(self, cfg: "ModelConfig") -> None:
+    def __init__(self, cfg: "ModelConfig", image_shape: tuple[int, ...]) -> None:
         super().__init__()
         top, lower, width = cfg.z_dim, cfg.decoder_z_dim, cfg.hidden_dim
         layers = (cfg.scale_param, cfg.hidden_layers, cfg.activation, cfg.scale_bounds)
+        self.reads_x = cfg.merge == "paths"
+        seen = math.prod(image_shape) if self.reads_x else width  # what q reads of x
+        paths = (seen, top) if self.reads_x else None
         self.prior = ConditionalGaussian(top, lower, width, *layers)
-        self.posterior = ConditionalGaussian(width + top, lower, width, *layers)
+        self.posterior = ConditionalGaussian(seen + top, lower, width, *layers, paths)
         self.reads = DECODER_READS[cfg.decoder_reads]
 
     def register(self, side: str) -> None:
@@ -125,15 +137,18 @@ class TwoLayers(OneLayer):
     def p(self, z2: torch.Tensor) -> dist.Distribution:
         return dist.Normal(*self.prior(z2)).to_event(1)
 
-    def q(self, hidden: torch.Tensor, z2: torch.Tensor) -> dist.Distribution:
-        hidden = hidden.expand(*z2.shape[:-1], hidden.shape[-1])
-        return dist.Normal(*self.posterior(torch.cat([hidden, z2], -1))).to_event(1)
+    def _q_input(self, flat: torch.Tensor, hidden: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        seen = flat if self.reads_x else hidden
+        return torch.cat([seen.expand(*z2.shape[:-1], seen.shape[-1]), z2], -1)
+
+    def q(self, flat: torch.Tensor, hidden: torch.Tensor, z2: torch.Tensor) -> dist.Distribution:
+        return dist.Normal(*self.posterior(self._q_input(flat, hidden, z2))).to_event(1)
 
     def model(self, z: torch.Tensor) -> torch.Tensor:
         return self.reads(z, pyro.sample("lower", self.p(z)))
 
-    def guide(self, hidden: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.reads(z, pyro.sample("lower", self.q(hidden, z)))
+    def guide(self, flat: torch.Tensor, hidden: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.reads(z, pyro.sample("lower", self.q(flat, hidden, z)))
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         return self.reads(z, self.prior(z)[0])
@@ -141,19 +156,21 @@ class TwoLayers(OneLayer):
     def prior_draw(self, z: torch.Tensor) -> torch.Tensor:
         return self.reads(z, self.p(z).sample())
 
-    def weigh(self, hidden: torch.Tensor, z: torch.Tensor, given: Mapping, sites: dict) -> Any:
-        p, q = self.p(z), self.q(hidden, z)
+    def weigh(
+        self, flat: torch.Tensor, hidden: torch.Tensor, z: torch.Tensor, given: Mapping, sites: dict
+    ) -> Any:
+        p, q = self.p(z), self.q(flat, hidden, z)
         z1 = given["lower"] if "lower" in given else q.sample()
         sites["lower"] = z1
         return self.reads(z, z1), p.log_prob(z1) - q.log_prob(z1)
 
-    def code(self, hidden: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.posterior(torch.cat([hidden, z], -1))[0]
+    def code(self, flat: torch.Tensor, hidden: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.posterior(self._q_input(flat, hidden, z))[0]
 
 
 # model.latent_layers -> the stochastic layers below the top one ("latent").
-HIERARCHIES: dict[int, Callable[["ModelConfig"], OneLayer]] = {
-    1: lambda cfg: OneLayer(),
+HIERARCHIES: dict[int, Callable[["ModelConfig", tuple[int, ...]], OneLayer]] = {
+    1: lambda cfg, image_shape: OneLayer(),
     2: TwoLayers,
 }
 
@@ -177,6 +194,7 @@ Activation = Choice("Activation", {name: name for name in ACTIVATIONS}, module=_
 Init = Choice("Init", {name: name for name in INITS}, module=__name__)
 DecoderReads = Choice("DecoderReads", {name: name for name in DECODER_READS}, module=__name__)
 Objective = Choice("Objective", {name: name for name in OBJECTIVES}, module=__name__)
+Merge = Choice("Merge", {name: name for name in MERGES}, module=__name__)
 
 
 @dataclass
@@ -186,7 +204,7 @@ class ModelConfig(Section):
     TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("kl_weight", "kl_warmup_epochs")
     # The keys that only some architectures read (networks.ARCHS): see refuse_unread.
     ARCH_READS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "mlp": ("activation",),
+        "mlp": ("activation", "merge"),
         "conv": ("channels",),
     }
     arch: Arch = key(Arch.mlp, "encoder/decoder networks (conf/model/<arch>.yaml)")
@@ -214,6 +232,12 @@ class ModelConfig(Section):
     )
     decoder_reads: DecoderReads = key(
         DecoderReads.z1, "latent_layers=2: p(x|z1) | z1z2, p(x|z1,z2), Tomczak & Welling's HVAE"
+    )
+    merge: Merge = key(
+        Merge.concat,
+        "latent_layers=2, mlp: how the decoder reading z1z2 and q(z1|x,z2) read two inputs: "
+        "side by side (q reads h(x) beside z2) | paths, a first layer each (q reads x itself), "
+        "Tomczak & Welling's",
     )
     channels: list[int] = key(
         [32, 64, 128],
@@ -249,6 +273,11 @@ class ModelConfig(Section):
                 f"model.lower_z_dim={self.lower_z_dim} sizes the lower of two stochastic layers: "
                 "give model.latent_layers=2 with it, or leave it out"
             )
+        if self.latent_layers == 1 and self.merge != "concat":
+            raise VaePyroError(
+                f"model.merge={self.merge} is how the networks of two stochastic layers read two "
+                "inputs: give model.latent_layers=2 with it, or leave it out"
+            )
         if self.latent_layers == 1 and self.decoder_reads != "z1":
             raise VaePyroError(
                 f"model.decoder_reads={self.decoder_reads} lets the decoder read the top of two "
@@ -266,6 +295,12 @@ class ModelConfig(Section):
     def decoder_input_dim(self) -> int:
         """The decoder's input size: z1 (or z), with z2 beside it where it reads both."""
         return self.decoder_z_dim + (self.z_dim if self.decoder_reads == "z1z2" else 0)
+
+    @property
+    def decoder_paths(self) -> tuple[int, int] | None:
+        """The sizes of z1 and z2 for a decoder that reads them a first layer each, else None."""
+        both = self.decoder_reads == "z1z2" and self.merge == "paths"
+        return (self.decoder_z_dim, self.z_dim) if both else None
 
 
 @dataclass
@@ -341,7 +376,7 @@ class VAE(nn.Module):
             posterior, self.z_dim, self.cfg.hidden_dim
         )
         self.layers = self.cfg.latent_layers
-        self.lower = HIERARCHIES[self.layers](self.cfg)  # the layers below "latent"
+        self.lower = HIERARCHIES[self.layers](self.cfg, self.image_shape)  # below "latent"
         for net in (self.encoder, self.decoder, self.lower):
             INITS[self.cfg.init](net)
 
@@ -370,7 +405,7 @@ class VAE(nn.Module):
         z = self.posterior_net.code(loc, scale, hidden)
         if layer is None or layer == self.layers:
             return z
-        return self.lower.code(hidden, z)
+        return self.lower.code(x.reshape(x.shape[0], -1), hidden, z)
 
     @torch.no_grad()
     def posterior_sample(self, x: torch.Tensor, num: int) -> torch.Tensor:
@@ -379,7 +414,7 @@ class VAE(nn.Module):
         loc, scale, hidden = self._encode(x)
         z = self.posterior_net(loc, scale, hidden).sample((num,))
         with poutine.block():
-            return self.lower.guide(hidden, z)
+            return self.lower.guide(x.reshape(x.shape[0], -1), hidden, z)
 
     def importance(self, x: torch.Tensor) -> Callable[..., tuple[dict[str, torch.Tensor], Any]]:
         """For images x (b, C, H, W), with the encoder's pass made once: a function
@@ -398,7 +433,7 @@ class VAE(nn.Module):
             z = given["latent"] if "latent" in given else q_top.sample((k,))
             log_w = p_top.log_prob(z) - q_top.log_prob(z)  # the flow's cached draw first
             sites = {"latent": z}
-            reads, log_w_below = self.lower.weigh(hidden, z, given, sites)
+            reads, log_w_below = self.lower.weigh(flat, hidden, z, given, sites)
             return sites, log_w + log_w_below + self.log_likelihood(reads, flat)
 
         return weigh
@@ -450,7 +485,8 @@ class VAE(nn.Module):
         self.lower.register("posterior")
         with pyro.plate("data", x.shape[0]), _kl_weighted(kl_scale):
             loc, scale, hidden = self._encode(x)
-            self.lower.guide(hidden, pyro.sample("latent", self.posterior_net(loc, scale, hidden)))
+            z = pyro.sample("latent", self.posterior_net(loc, scale, hidden))
+            self.lower.guide(x.reshape(x.shape[0], -1), hidden, z)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

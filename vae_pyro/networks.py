@@ -52,10 +52,45 @@ def _relu(i: int, o: int) -> tuple[nn.Linear, nn.Module]:
     return nn.Linear(i, o), nn.ReLU()
 
 
-def _deeper(width: int, layers: int, layer: Layer) -> nn.Sequential:
-    """The hidden layers after the first: (Linear, nonlinearity) x (layers - 1).
-    Empty for one hidden layer, so such networks keep the seed's parameter names."""
-    return nn.Sequential(*(m for _ in range(layers - 1) for m in layer(width, width)))
+def _deeper(width: int, layers: int, layer: Layer, first: int | None = None) -> nn.Sequential:
+    """The hidden layers after the first: (Linear, nonlinearity) x (layers - 1), the first of
+    them reading `first` features (default: width). Empty for one hidden layer, so such
+    networks keep the seed's parameter names."""
+    sizes = [first or width] + [width] * (layers - 2)
+    return nn.Sequential(*(m for size in sizes[: layers - 1] for m in layer(size, width)))
+
+
+class Paths(nn.Module):
+    """The first hidden layer of a network that reads two inputs, as Tomczak & Welling's (the
+    two-layer model's p(x | z1, z2) and q(z1 | x, z2), model.merge=paths): each input through a
+    dense layer of its own, the two outputs side by side (2 x width). It is called on the inputs
+    concatenated (sizes `sizes`), as a network that reads them side by side is."""
+
+    def __init__(self, sizes: Sequence[int], width: int, layer: Layer) -> None:
+        super().__init__()
+        self.sizes = list(sizes)
+        self.a, self.a_act = layer(self.sizes[0], width)
+        self.b, self.b_act = layer(self.sizes[1], width)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        a, b = v.split(self.sizes, -1)
+        return torch.cat([self.a_act(self.a(a)), self.b_act(self.b(b))], -1)
+
+
+def _first(
+    in_dim: int, width: int, layers: int, layer: Layer, paths: Sequence[int] | None
+) -> tuple[nn.Module, nn.Module, nn.Sequential, int]:
+    """(fc1, its nonlinearity, the deeper layers, the width the last of them gives): fc1 one
+    dense layer of the input, or with `paths` (the sizes of two inputs) one per input."""
+    if paths is None:
+        fc1, act = layer(in_dim, width)
+        return fc1, act, _deeper(width, layers, layer), width
+    return (
+        Paths(paths, width, layer),
+        nn.Identity(),
+        _deeper(width, layers, layer, 2 * width),
+        (width if layers > 1 else 2 * width),
+    )
 
 
 def he_init(module: nn.Module) -> None:
@@ -125,7 +160,8 @@ class PixelDecoder(nn.Module, ABC):
 class ConditionalGaussian(GaussianEncoder):
     """A diagonal Normal over z_dim dims given a vector: fc1 and `hidden_layers - 1` more dense
     layers (ACTIVATIONS[activation]), then the heads. The conditionals of a two-layer hierarchy:
-    p(z1 | z2) reads z2; q(z1 | x, z2) reads the image encoder's hidden state h(x) beside z2."""
+    p(z1 | z2) reads z2; q(z1 | x, z2) reads the image encoder's hidden state h(x) beside z2, or
+    with `paths` (model.merge=paths) x itself and z2, each through a layer of its own."""
 
     def __init__(
         self,
@@ -136,12 +172,14 @@ class ConditionalGaussian(GaussianEncoder):
         hidden_layers: int = 1,
         activation: str = "softplus",
         scale_bounds: Sequence[float] | None = None,
+        paths: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         layer = ACTIVATIONS[activation]
-        self.fc1, self.act = layer(in_dim, hidden_dim)
-        self.deeper = _deeper(hidden_dim, hidden_layers, layer)
-        self._add_heads(hidden_dim, z_dim, scale_param, scale_bounds)
+        self.fc1, self.act, self.deeper, out = _first(
+            in_dim, hidden_dim, hidden_layers, layer, paths
+        )
+        self._add_heads(out, z_dim, scale_param, scale_bounds)
 
     def features(self, v: torch.Tensor) -> torch.Tensor:
         return self.deeper(self.act(self.fc1(v)))
@@ -175,7 +213,8 @@ class Decoder(PixelDecoder):
     """The MLP decoder (Pyro's tutorial network): fc1 and `hidden_layers - 1` more dense layers
     (softplus, or gated), then fc21 to one logit per pixel. Which distribution the logits
     parametrize (Bernoulli, continuous Bernoulli, Gaussian) is the likelihood's business, not
-    the decoder's. z_dim is its input's size (z1 and z2 together where it reads both)."""
+    the decoder's. z_dim is its input's size (z1 and z2 together where it reads both; `paths`,
+    their sizes, gives each a first layer of its own: model.merge=paths)."""
 
     def __init__(
         self,
@@ -185,14 +224,16 @@ class Decoder(PixelDecoder):
         learn_scale: bool = False,
         hidden_layers: int = 1,
         activation: str = "softplus",
+        paths: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.image_shape = tuple(image_shape)
         out_dim = math.prod(self.image_shape)
         layer = ACTIVATIONS[activation]
-        self.fc1, self.act = layer(z_dim, hidden_dim)
-        self.deeper = _deeper(hidden_dim, hidden_layers, layer)
-        self.fc21 = nn.Linear(hidden_dim, out_dim)
+        self.fc1, self.act, self.deeper, out = _first(
+            z_dim, hidden_dim, hidden_layers, layer, paths
+        )
+        self.fc21 = nn.Linear(out, out_dim)
         self._add_log_scale(learn_scale)
 
     def hidden(self, z: torch.Tensor) -> torch.Tensor:
@@ -324,6 +365,7 @@ ARCHS: dict[str, Callable[[tuple[int, ...], Any, bool], Networks]] = {
             learn_scale,
             cfg.hidden_layers,
             cfg.activation,
+            cfg.decoder_paths,
         ),
     ),
     "conv": lambda shape, cfg, learn_scale: (
