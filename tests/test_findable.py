@@ -154,6 +154,8 @@ def test_a_sweep_ends_naming_its_dir_and_the_report_and_multirun_latest(tmp_path
     )
     assert _latest(tmp_path / "multirun") == sweep.resolve()
     assert not (tmp_path / "outputs").exists()  # a sweep's jobs do not move outputs/latest
+    report = _ok(_cli(tmp_path, "vae_pyro.report", "sweep_dir=multirun/latest"))
+    assert (sweep / "summary.md").is_file(), report.stdout  # the sweep multirun/latest names
 
 
 # --- vae_pyro.runs in-process ----------------------------------------------------------------

@@ -32,7 +32,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from vae_pyro import plots
+from vae_pyro import plots, runs
 from vae_pyro.config import flatten
 from vae_pyro.errors import VaePyroError
 from vae_pyro.files import atomic_write, check_output, write_failed
@@ -477,7 +477,7 @@ def _summary_text(sweep_dir: Path, rows: Sequence[dict[str, Any]]) -> str:
 def write_report(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], str]:
     """Write summary.csv, summary.md and summary.png into sweep_dir (each atomically, each
     checked before any is written: files.check_output); return the rows and the text."""
-    sweep_dir = Path(sweep_dir).expanduser()
+    sweep_dir = runs.follow_latest(Path(sweep_dir).expanduser())  # multirun/latest names one
     rows = summarize(sweep_dir)
     text = _summary_text(sweep_dir, rows)
     for name in OUTPUTS:
