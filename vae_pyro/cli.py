@@ -61,7 +61,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], bool]] = {
     "train": (
         "train a VAE with Pyro's SVI; checkpoint.pt, metrics.jsonl, TensorBoard and figures go "
         "to the run dir (outputs/<date>/<time>_<experiment>/, or hydra.run.dir=...); "
-        "outputs/latest points at the newest run",
+        "outputs/latest names the newest run",
         (
             "python -m vae_pyro.train +experiment=z50",
             "python -m vae_pyro.train +experiment=z50_binarized trainer.epochs=500 seed=1",
