@@ -123,7 +123,7 @@ def mark_latest(target: str | os.PathLike, root: str | os.PathLike = RUNS) -> Pa
     root, target = Path(root).absolute(), Path(target).absolute()
     latest = root / LATEST
     real_root, real_target = root.resolve(), target.resolve()
-    if not _inside(real_target, real_root) or real_target == latest.resolve():
+    if not _inside(real_target, real_root) or real_target == real_root / LATEST:
         return None  # elsewhere, or the run dir is itself named outputs/latest
     if latest.is_dir() and not latest.is_symlink():
         log.warning("%s is a directory, not the newest run's name: left as it is", latest)
