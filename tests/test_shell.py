@@ -135,6 +135,33 @@ def test_a_signal_before_trains_first_step_leaves_no_run_dir(sig, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_signal_that_breaks_a_library_mid_step_is_one_line(tmp_path):
+    """A library that turns the signal into its own error (raised while handling it) inside a
+    Hydra job: the signal's line and exit status, not Hydra's "Error executing job" as well."""
+    code = (
+        "import sys\n"
+        "from vae_pyro import cli\n"
+        "def task(cfg):\n"
+        "    try:\n"
+        "        raise KeyboardInterrupt\n"
+        "    except KeyboardInterrupt:\n"
+        "        raise RuntimeError('a library step broken by the signal')\n"
+        "sys.argv = [sys.argv[0], 'trainer.device=cpu', 'hydra.run.dir=run']\n"
+        "cli.run('train', task)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 128 + signal.SIGINT, proc.stderr
+    assert _one_line(proc.stderr) == "vae_pyro.train: interrupted by SIGINT: nothing was written"
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_ctrl_c_while_sample_draws_keeps_whole_figures_only(released_run, tmp_path):
     out = tmp_path / "figures"

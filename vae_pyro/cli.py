@@ -467,27 +467,32 @@ def _record_job(status: str, **fields: Any) -> None:
     files.atomic_write(path, lambda f: f.write(text.encode()))  # a new file: see _statuses
 
 
+def _interrupted(stop: KeyboardInterrupt, sweep: bool) -> None:
+    """A signal ends the job (and a sweep: all of it); `shell` says so, once."""
+    if sweep:
+        name = signal_name(getattr(stop, "signum", signal.SIGINT))
+        _record_job("interrupted", error=getattr(stop, "message", "") or f"interrupted by {name}")
+
+
 def _job(command: str, task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """One Hydra job: the task, with errors mapped as the module docstring says."""
     sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         result = task(cfg)
-    except KeyboardInterrupt as stop:  # errors.Interrupted too: `shell` says it, once
-        if sweep:  # Ctrl-C / SIGTERM stops the whole sweep too
-            name = signal_name(getattr(stop, "signum", signal.SIGINT))
-            _record_job(
-                "interrupted", error=getattr(stop, "message", "") or f"interrupted by {name}"
-            )
-        raise
     except Exception as err:
-        if _signal_behind(err) is not None:
-            raise  # the signal's: `shell` says it
+        stop = _signal_behind(err)  # a library broken mid-step by the signal
+        if stop is not None:
+            _interrupted(stop, sweep)
+            raise stop from err  # a KeyboardInterrupt: Hydra passes it on (it prints an Exception)
         if not sweep:
             _error(command, err, cfg, once=isinstance(err, VaePyroError))  # before Hydra's words
         message, bug = explain(command, err, cfg)
         log.error("job failed: %s", message, exc_info=bug)
         _record_job("failed", error=message)
         return math.inf
+    except KeyboardInterrupt as stop:  # errors.Interrupted too
+        _interrupted(stop, sweep)
+        raise
     if sweep and isinstance(result, float):
         ok = math.isfinite(result)
         _record_job("ok", test_loss=result) if ok else _record_job(
