@@ -6,6 +6,7 @@ umask, and a wheel installed away from the clone trains offline from any directo
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import json
 import os
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -264,6 +266,25 @@ def test_the_lock_is_reentrant_names_its_holder_and_leaves_nothing(tmp_path):
     with files.locked(run_dir):
         (run_dir / "kept.txt").write_text("written while locked")
     assert sorted(p.name for p in run_dir.iterdir()) == ["kept.txt"]
+
+
+def test_a_run_started_as_the_holder_locks_still_names_it(tmp_path):
+    """The holder locks, then writes its name: a run that finds the lock between the two waits
+    for the name (the race test_two_runs_started_together_... met in CI)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    fd = os.open(run_dir / files.LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another open file: conflicts in-process too
+    late = threading.Timer(0.2, os.pwrite, (fd, b"4242 elsewhere\n", 0))
+    late.start()
+    try:
+        with pytest.raises(
+            VaePyroError, match=r"in use by another run \(pid 4242 on host elsewhere\)"
+        ):
+            files.acquire(run_dir)
+    finally:
+        late.join()
+        os.close(fd)
 
 
 def test_a_run_dir_left_empty_goes_again(tmp_path, monkeypatch):

@@ -26,6 +26,7 @@ import os
 import secrets
 import socket
 import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -105,10 +106,14 @@ def _remove_empty(created: list[Path]) -> None:
 
 
 def _holder(fd: int) -> str:
-    with contextlib.suppress(OSError):
-        said = os.pread(fd, 200, 0).decode(errors="replace").split()
-        if len(said) >= 2:
-            return f"pid {said[0]} on host {said[1]}"
+    # The holder writes its name just after it locks: a run started at the same moment may
+    # find the file locked but still empty, so give the holder a second to write.
+    for _ in range(50):
+        with contextlib.suppress(OSError):
+            said = os.pread(fd, 200, 0).decode(errors="replace").split()
+            if len(said) >= 2:
+                return f"pid {said[0]} on host {said[1]}"
+        time.sleep(0.02)
     return "another process"
 
 
