@@ -200,7 +200,10 @@ TW18_KEYS = [f"model.{k}={v}".replace(" ", "") for k, v in TW18.items()]
         ["elbo=trace"],
         ["elbo=iwae", "model/prior=vamp", "model.prior.components=5"],
         ["model/prior=vamp", "model.prior.components=5", *TW18_KEYS],
-        ["model/prior=vamp", "model.prior.components=5", *TW18_KEYS, "model.merge=paths"],
+        [
+            *("model/prior=vamp", "model.prior.components=5", *TW18_KEYS, "model.merge=paths"),
+            "optim.normalize_grads=true",  # and their optimizer: the preset hvae_vamp_tw18
+        ],
     ],
     ids=["trace", "iwae-vamp", "vamp-tw18", "vamp-tw18-paths"],
 )

@@ -7,7 +7,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam as PyroAdam
 
 from vae_pyro import VAE
-from vae_pyro.optim import Adam
+from vae_pyro.optim import Adam, UnitGrads
 
 X = torch.rand(32, 1, 28, 28)
 
@@ -96,3 +96,30 @@ def test_learning_rate_comes_from_the_arguments_on_resume():
 def test_rejects_per_parameter_arguments():
     with pytest.raises(TypeError, match="dict"):
         Adam(lambda name: {"lr": 1e-3})
+
+
+@pytest.mark.parametrize("inner", [Adam, PyroAdam], ids=["ours", "pyro"])
+def test_unit_grads_is_adam_on_each_gradient_over_its_norm(inner):
+    """optim.normalize_grads: each tensor's gradient divided by its L2 norm, then the inner
+    optimizer's step (Tomczak & Welling's AdamNormGrad), around either Adam; plain Adam, whose
+    steps weigh a large gradient more, ends elsewhere."""
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    start = {"a": torch.randn(4, 3), "b": torch.randn(5)}
+    steps = [{k: torch.randn_like(v) * s for k, v in start.items()} for s in (1, 100, 0.01, 10)]
+
+    def run(optim, normalize):
+        params = {k: torch.nn.Parameter(v.clone()) for k, v in start.items()}
+        for grads in steps:
+            for k, p in params.items():
+                g = grads[k]
+                p.grad = g / (g.norm() + 1e-7) if normalize else g.clone()
+            optim(list(params.values()))
+        return params
+
+    ours = run(UnitGrads(inner({"lr": 0.1})), normalize=False)
+    by_hand = run(inner({"lr": 0.1}), normalize=True)
+    plain = run(inner({"lr": 0.1}), normalize=False)
+    for k in start:
+        torch.testing.assert_close(ours[k], by_hand[k])
+        assert not torch.allclose(ours[k], plain[k], atol=1e-3)

@@ -339,7 +339,7 @@ def test_the_tw18_presets_are_the_papers_settings(name, layers, make_cfg):
     assert (m.scale_param, m.scale_bounds, m.kl_warmup_epochs) == ("logvar", [-6.0, 2.0], 100)
     assert (m.prior.name, m.prior.components, m.latent_layers) == ("vamp", 500, layers)
     assert (run.data.binarize, run.data.subset, run.data.batch_size) == ("dynamic", 50000, 100)
-    assert run.optim.lr == 5e-4
+    assert (run.optim.lr, run.optim.normalize_grads) == (5e-4, True)  # their AdamNormGrad
     if layers == 2:
         assert (m.lower_z_dim, m.decoder_reads, m.decoder_input_dim) == (40, "z1z2", 80)
 

@@ -96,6 +96,11 @@ class OptimConfig(Section):
         "Adam's moment decay rates",
         Rule(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
     )
+    normalize_grads: bool = key(
+        False,
+        "divide each parameter tensor's gradient by its L2 norm before the optimizer steps "
+        "(Tomczak & Welling's AdamNormGrad; vae_pyro.optim.UnitGrads)",
+    )
     optimizer: dict[str, Any] = key(
         {
             "_target_": "vae_pyro.optim.Adam",

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from pyro.optim import PyroOptim
 
 from vae_pyro.errors import VaePyroError
+from vae_pyro.optim import Wrapper
 
 T = TypeVar("T")
 
@@ -235,17 +236,16 @@ def _leave() -> None:
         dist.destroy_process_group()
 
 
-class AllReduce(PyroOptim):
+class AllReduce(Wrapper):
     """Sums the gradients over the ranks of torch.distributed's default group, then steps the
     inner PyroOptim (the pattern of pyro.optim.HorovodOptimizer): the loss is a sum over images,
     so every rank then takes the step one process would take on the global batch. The one flat
     bucket per step carries one more number: whether a rank wishes to stop (`wish`, set by
     Group.agree_to_stop), so that every rank sets `agreed` after the same step.
-    get_state/set_state are the inner optimizer's: checkpoints do not change. `reduce_seconds`
-    adds up the time spent in the all-reduce (benchmarks read it)."""
+    `reduce_seconds` adds up the time spent in the all-reduce (benchmarks read it)."""
 
-    def __init__(self, inner: PyroOptim) -> None:  # no PyroOptim.__init__: inner holds all
-        self.inner = inner
+    def __init__(self, inner: PyroOptim) -> None:
+        super().__init__(inner)
         self.wish: Callable[[], int | None] | None = None
         self.agreed: int | None = None
         self.reduce_seconds = 0.0
@@ -265,9 +265,3 @@ class AllReduce(PyroOptim):
             seen = bucket[-1].item() > 0
             self.agreed = (self.wish() or signal.SIGTERM) if seen else None
         self.inner(params, *args, **kwargs)
-
-    def get_state(self) -> dict[str, dict]:
-        return self.inner.get_state()
-
-    def set_state(self, state_dict: dict[str, dict]) -> None:
-        self.inner.set_state(state_dict)

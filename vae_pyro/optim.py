@@ -6,7 +6,8 @@ tenth of a CPU training step. This PyroOptim gives SVI the same interface and th
 updates (Adam is elementwise: each tensor's moments and step count are its own) from a single
 torch Adam whose fused kernel updates all tensors in one call. Its get_state/set_state use
 pyro.optim.Adam's format, one torch state dict per parameter name, so checkpoints written by
-either load into the other. (Data-parallel training wraps it: distributed.AllReduce.)
+either load into the other. `Wrapper`s change the gradients before the inner optimizer steps:
+`UnitGrads` (optim.normalize_grads) and distributed.AllReduce (data-parallel training).
 """
 
 from __future__ import annotations
@@ -71,3 +72,32 @@ class Adam(PyroOptim):
                     "param_groups": [{**settings, "params": [0]}],
                 }
         return state
+
+
+class Wrapper(PyroOptim):
+    """A PyroOptim that does something to the gradients, then steps `inner`; its state is the
+    inner optimizer's, so checkpoints do not change."""
+
+    def __init__(self, inner: PyroOptim) -> None:  # no PyroOptim.__init__: inner holds all
+        self.inner = inner
+
+    def get_state(self) -> dict[str, dict]:
+        return self.inner.get_state()
+
+    def set_state(self, state_dict: dict[str, dict]) -> None:
+        self.inner.set_state(state_dict)
+
+
+class UnitGrads(Wrapper):
+    """Divides each parameter tensor's gradient by its L2 norm (+ 1e-7), then steps `inner`:
+    with Adam inside, Tomczak & Welling's AdamNormGrad (github jmtomczak/vae_vampprior,
+    utils/optimizer.py). Every tensor's step then weighs alike, however large its gradient."""
+
+    def __call__(self, params: Iterable[torch.Tensor], *args: Any, **kwargs: Any) -> None:
+        params = list(params)
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            norms = torch._foreach_norm(grads)
+            torch._foreach_add_(norms, 1e-7)
+            torch._foreach_div_(grads, norms)
+        self.inner(params, *args, **kwargs)

@@ -47,6 +47,7 @@ from vae_pyro.data import ImageData, load_data_config, one_per_class
 from vae_pyro.errors import Interrupted, VaePyroError, signal_name
 from vae_pyro.estimators import latent_usage, negative_elbo
 from vae_pyro.model import VAE, build_elbo, build_vae, kl_scale
+from vae_pyro.optim import UnitGrads
 
 log = loggers.RankZero(logging.getLogger(__name__))
 USAGE_IMAGES = 1000  # test images whose posterior means give the active units per layer
@@ -57,9 +58,13 @@ def build_svi(
     cfg: TrainConfig, vae: VAE, group: distributed.Group = distributed.SINGLE
 ) -> tuple[PyroOptim, SVI]:
     """The optimizer and SVI object exactly as training uses them (the benchmark times these);
-    in a data-parallel run the optimizer sums the ranks' gradients first (Group.wrap)."""
+    in a data-parallel run the optimizer sums the ranks' gradients first (Group.wrap), before
+    optim.normalize_grads scales them."""
     cfg = to_object(cfg, TrainConfig)
-    optimizer = group.wrap(instantiate(cfg.optim.optimizer))
+    optimizer = instantiate(cfg.optim.optimizer)
+    if cfg.optim.normalize_grads:
+        optimizer = UnitGrads(optimizer)
+    optimizer = group.wrap(optimizer)
     return optimizer, SVI(vae.model, vae.guide, optimizer, loss=build_elbo(cfg.elbo))
 
 
