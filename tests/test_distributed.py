@@ -43,13 +43,15 @@ class _FixedNoise(pdist.Normal):
 
 
 def _step(cfg, x, noise, group):
-    """One SVI step of the tiny VAE on x with the given noise; the weights after it."""
+    """Two SVI steps of the tiny VAE on x with the given noise (Adam's first step does not see
+    the gradients' scale; the second does); the second loss and the weights after it."""
     pyro.clear_param_store()
     pyro.set_rng_seed(7)
     vae = build_vae((1, 28, 28), cfg.model)
     _FixedNoise.noise = noise
     vae.posterior_net.forward = lambda loc, scale, _: _FixedNoise(loc, scale).to_event(1)
     svi = build_svi(cfg, vae, group)[1]
+    svi_step(svi, x)
     loss = svi_step(svi, x)
     return loss, [p.detach().clone() for p in vae.parameters()]
 
@@ -73,8 +75,15 @@ def _worker(rank, cfg, x, noise, init, out):
     _leave()
 
 
-def test_one_data_parallel_step_equals_one_process_on_the_global_batch(make_cfg, tmp_path):
-    cfg = make_cfg("model.z_dim=6", "model.hidden_dim=32", "optim.lr=0.01")
+@pytest.mark.parametrize("normalize", ["false", "true"])
+def test_data_parallel_steps_equal_one_process_on_the_global_batch(normalize, make_cfg, tmp_path):
+    """With optim.normalize_grads the ranks normalize the summed gradient, as one process does."""
+    cfg = make_cfg(
+        "model.z_dim=6",
+        "model.hidden_dim=32",
+        "optim.lr=0.01",
+        f"optim.normalize_grads={normalize}",
+    )
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(B, 1, 28, 28, generator=gen).bernoulli(generator=gen)
     noise = torch.randn(B, 6, generator=gen)
